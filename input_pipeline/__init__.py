@@ -1,0 +1,1 @@
+"""Criteo data: raw text -> TFRecord shards -> tf.data, and data generators."""
