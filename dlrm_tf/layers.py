@@ -1,0 +1,291 @@
+"""Keras 3 layers of DLRM: embedding bags, MLPs and the feature interactions.
+
+Every layer implements ``get_config`` and is registered for ``keras.saving``.
+The layers know nothing of flags, files or training loops.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+PACKAGE = "dlrm_tf"
+
+# Id used to pad multi-hot bags (and to mark an empty one-hot bag).
+PAD_ID = -1
+
+
+class ReferenceLinearInit(keras.initializers.Initializer):
+    """Weight init of the reference: ``N(0, sqrt(2 / (fan_in + fan_out)))``, not truncated."""
+
+    def __call__(self, shape, dtype=None):
+        fan_in, fan_out = int(shape[0]), int(shape[1])
+        std = math.sqrt(2.0 / (fan_in + fan_out))
+        return keras.random.normal(shape, stddev=std, dtype=dtype)
+
+    def get_config(self) -> dict:
+        return {}
+
+
+class ReferenceBiasInit(keras.initializers.Initializer):
+    """Bias init of the reference: ``N(0, sqrt(1 / fan_out))``."""
+
+    def __call__(self, shape, dtype=None):
+        std = math.sqrt(1.0 / int(shape[0]))
+        return keras.random.normal(shape, stddev=std, dtype=dtype)
+
+    def get_config(self) -> dict:
+        return {}
+
+
+class ReferenceEmbeddingInit(keras.initializers.Initializer):
+    """Embedding init of the reference: ``U(-sqrt(1/n), sqrt(1/n))`` for a table of n rows."""
+
+    def __call__(self, shape, dtype=None):
+        bound = math.sqrt(1.0 / int(shape[0]))
+        return keras.random.uniform(shape, minval=-bound, maxval=bound, dtype=dtype)
+
+    def get_config(self) -> dict:
+        return {}
+
+
+for _cls in (ReferenceLinearInit, ReferenceBiasInit, ReferenceEmbeddingInit):
+    keras.saving.register_keras_serializable(package=PACKAGE)(_cls)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class EmbeddingBags(keras.layers.Layer):
+    """One embedding table per sparse feature, each bag reduced by a sum.
+
+    Input: int ids ``[B, T]`` (one id per feature, "one-hot") or ``[B, T, H]``
+    (multi-hot bags padded with ``-1``). ``-1`` marks an absent id, so a bag of
+    only ``-1`` is empty and gives a zero vector. Any other id outside
+    ``[0, table_size)`` raises ``InvalidArgumentError``: ids never turn into
+    silent zeros.
+
+    Output: ``[B, T, d]``, the sum of each bag's rows.
+
+    The lookup goes through ``tf.nn.embedding_lookup_sparse`` (sum combiner) on
+    the table variable itself, which gathers only the rows in the batch; the
+    gradient is an ``IndexedSlices`` over the batch's unique ids.
+    """
+
+    def __init__(
+        self,
+        table_sizes: Sequence[int],
+        embedding_dim: int,
+        validate_ids: bool = True,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.table_sizes = tuple(int(n) for n in table_sizes)
+        self.embedding_dim = int(embedding_dim)
+        self.validate_ids = bool(validate_ids)
+        self.tables: list[keras.Variable] = []
+
+    def build(self, input_shape) -> None:
+        if len(input_shape) not in (2, 3):
+            raise ValueError(
+                f"{self.name}: ids must be [batch, {len(self.table_sizes)}] or "
+                f"[batch, {len(self.table_sizes)}, bag], got shape {tuple(input_shape)}"
+            )
+        if input_shape[1] is not None and input_shape[1] != len(self.table_sizes):
+            raise ValueError(
+                f"{self.name}: ids have {input_shape[1]} features but the layer has "
+                f"{len(self.table_sizes)} tables"
+            )
+        self.tables = [
+            self.add_weight(
+                name=f"embedding_table_{t}",
+                shape=(rows, self.embedding_dim),
+                initializer=ReferenceEmbeddingInit(),
+                dtype="float32",
+                trainable=True,
+            )
+            for t, rows in enumerate(self.table_sizes)
+        ]
+
+    def call(self, ids):
+        ids = tf.convert_to_tensor(ids)
+        if ids.dtype != tf.int64:
+            ids = tf.cast(ids, tf.int64)
+        if ids.shape.rank == 2:
+            ids = ids[:, :, tf.newaxis]
+        num_tables = len(self.table_sizes)
+        batch = tf.shape(ids, out_type=tf.int64)[0]
+        bag = tf.shape(ids, out_type=tf.int64)[2]
+
+        # One pass over all features: coordinates (t, b, h) of every present id,
+        # sorted by feature then example, then split per feature.
+        by_table = tf.transpose(ids, [1, 0, 2])
+        if self.validate_ids:
+            by_table = self._check_ids(by_table)
+        coords = tf.where(by_table >= 0)
+        values = tf.gather_nd(by_table, coords)
+        part = tf.cast(coords[:, 0], tf.int32)
+        values_per_table = tf.dynamic_partition(values, part, num_tables)
+        rows_per_table = tf.dynamic_partition(coords[:, 1:], part, num_tables)
+
+        bags = []
+        for t in range(num_tables):
+            sp_ids = tf.SparseTensor(rows_per_table[t], values_per_table[t], [batch, bag])
+            summed = self._lookup(t, sp_ids)
+            # The segment sum drops trailing examples whose bags are empty: pad them back.
+            missing = tf.cast(batch, tf.int32) - tf.shape(summed)[0]
+            bags.append(tf.pad(summed, [[0, missing], [0, 0]]))
+        out = tf.stack(bags, axis=1)
+        return tf.cast(out, self.compute_dtype)
+
+    def _lookup(self, t: int, sp_ids: tf.SparseTensor) -> tf.Tensor:
+        """Sum of the rows of table ``t`` for each bag; rows past the last non-empty bag absent."""
+        table = self.tables[t].value
+        # Unit weights keep embedding_lookup_sparse on its gather-the-unique-ids path
+        # (ResourceGather on the variable) rather than reading the whole table.
+        weights = tf.SparseTensor(
+            sp_ids.indices, tf.ones_like(sp_ids.values, dtype=table.dtype), sp_ids.dense_shape
+        )
+        return tf.nn.embedding_lookup_sparse(table, sp_ids, weights, combiner="sum")
+
+    def _check_ids(self, by_table: tf.Tensor) -> tf.Tensor:
+        sizes = tf.constant(self.table_sizes, dtype=tf.int64)[:, tf.newaxis, tf.newaxis]
+        bad = tf.logical_or(by_table < PAD_ID, by_table >= sizes)
+        first_bad = tf.cast(tf.where(bad), tf.int64)
+        message = tf.strings.format(
+            "{}: sparse id out of range; first bad (feature, example, slot) = {}, id = {}; "
+            "table sizes = {}",
+            (
+                self.name,
+                first_bad[:1],
+                tf.gather_nd(by_table, first_bad[:1]),
+                tf.constant(self.table_sizes, tf.int64),
+            ),
+            summarize=-1,
+        )
+        check = tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [message], summarize=1)
+        with tf.control_dependencies([check]):
+            return tf.identity(by_table)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], len(self.table_sizes), self.embedding_dim)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            table_sizes=list(self.table_sizes),
+            embedding_dim=self.embedding_dim,
+            validate_ids=self.validate_ids,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MLP(keras.layers.Layer):
+    """A stack of ``Linear -> activation`` layers with the reference's initialisation.
+
+    Every layer uses ReLU except the last, which uses ``final_activation``
+    (``"relu"`` for the bottom MLP, ``"sigmoid"`` for the top MLP).
+    """
+
+    def __init__(self, widths: Sequence[int], final_activation: str = "relu", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.widths = tuple(int(w) for w in widths)
+        self.final_activation = final_activation
+        if not self.widths:
+            raise ValueError(f"{self.name}: an MLP needs at least one layer")
+        self.dense_layers = [
+            keras.layers.Dense(
+                width,
+                activation="relu" if i < len(self.widths) - 1 else final_activation,
+                kernel_initializer=ReferenceLinearInit(),
+                bias_initializer=ReferenceBiasInit(),
+                name=f"linear_{i}",
+                dtype=self.dtype_policy,
+            )
+            for i, width in enumerate(self.widths)
+        ]
+
+    def build(self, input_shape) -> None:
+        shape = tuple(input_shape)
+        for layer in self.dense_layers:
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+
+    def call(self, x):
+        for layer in self.dense_layers:
+            x = layer(x)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return (*tuple(input_shape)[:-1], self.widths[-1])
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(widths=list(self.widths), final_activation=self.final_activation)
+        return config
+
+
+def dot_interaction_indices(num_features: int, self_interaction: bool) -> np.ndarray:
+    """Flat indices into a ``[F, F]`` matrix of the kept pairs, in the reference's order.
+
+    Lower triangle in row-major order: ``(1,0), (2,0), (2,1), (3,0), ...``; with
+    ``self_interaction`` the diagonal is kept too: ``(0,0), (1,0), (1,1), ...``.
+    """
+    offset = 1 if self_interaction else 0
+    return np.array(
+        [i * num_features + j for i in range(num_features) for j in range(i + offset)],
+        dtype=np.int32,
+    )
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class DotInteraction(keras.layers.Layer):
+    """Pairwise dot products of the bottom-MLP output and the embedding vectors.
+
+    Inputs: ``x`` ``[B, d]`` and ``embeddings`` ``[B, T, d]``. Output:
+    ``concat(x, Zflat)`` of width ``d + F(F-1)/2`` (``d + F(F+1)/2`` with
+    ``self_interaction``), ``F = T + 1``, pairs in the reference's order.
+    """
+
+    def __init__(self, self_interaction: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.self_interaction = bool(self_interaction)
+
+    def call(self, inputs):
+        x, embeddings = inputs
+        features = tf.concat([x[:, tf.newaxis, :], tf.cast(embeddings, x.dtype)], axis=1)
+        num_features = features.shape[1]
+        gram = tf.matmul(features, features, transpose_b=True)
+        flat = tf.reshape(gram, [-1, num_features * num_features])
+        pairs = tf.gather(flat, dot_interaction_indices(num_features, self.self_interaction), axis=1)
+        return tf.concat([x, pairs], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        x_shape, emb_shape = input_shape
+        num_features = emb_shape[1] + 1
+        pairs = num_features * (num_features + 1) // 2 if self.self_interaction else (
+            num_features * (num_features - 1) // 2
+        )
+        return (x_shape[0], x_shape[1] + pairs)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(self_interaction=self.self_interaction)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class CatInteraction(keras.layers.Layer):
+    """Concatenation ``concat(x, e_1, ..., e_T)``."""
+
+    def call(self, inputs):
+        x, embeddings = inputs
+        flat = tf.reshape(tf.cast(embeddings, x.dtype), [-1, embeddings.shape[1] * embeddings.shape[2]])
+        return tf.concat([x, flat], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        x_shape, emb_shape = input_shape
+        return (x_shape[0], x_shape[1] + emb_shape[1] * emb_shape[2])
