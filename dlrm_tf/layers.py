@@ -260,7 +260,8 @@ class DotInteraction(keras.layers.Layer):
         num_features = features.shape[1]
         gram = tf.matmul(features, features, transpose_b=True)
         flat = tf.reshape(gram, [-1, num_features * num_features])
-        pairs = tf.gather(flat, dot_interaction_indices(num_features, self.self_interaction), axis=1)
+        kept = dot_interaction_indices(num_features, self.self_interaction)
+        pairs = tf.gather(flat, kept, axis=1)
         return tf.concat([x, pairs], axis=1)
 
     def compute_output_shape(self, input_shape):
@@ -283,7 +284,8 @@ class CatInteraction(keras.layers.Layer):
 
     def call(self, inputs):
         x, embeddings = inputs
-        flat = tf.reshape(tf.cast(embeddings, x.dtype), [-1, embeddings.shape[1] * embeddings.shape[2]])
+        width = embeddings.shape[1] * embeddings.shape[2]
+        flat = tf.reshape(tf.cast(embeddings, x.dtype), [-1, width])
         return tf.concat([x, flat], axis=1)
 
     def compute_output_shape(self, input_shape):

@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from dlrm_tf.config import ModelConfig
-from dlrm_tf.layers import PACKAGE, MLP, CatInteraction, DotInteraction, EmbeddingBags
+from dlrm_tf.layers import MLP, PACKAGE, CatInteraction, DotInteraction, EmbeddingBags
 
 DENSE_KEY = "dense_features"
 SPARSE_KEY = "sparse_features"
