@@ -111,7 +111,8 @@ def test_forward_matches_numpy_oracle(overrides, bag):
     rng = np.random.default_rng(2)
     inputs = random_inputs(config, 9, rng, bag=bag, empty_last=bag is not None)
     got = model(inputs).numpy()
-    want = numpy_dlrm(model_weights(model), config, inputs["dense_features"], inputs["sparse_features"])
+    dense, ids = inputs["dense_features"], inputs["sparse_features"]
+    want = numpy_dlrm(model_weights(model), config, dense, ids)
     assert got.shape == (9, 1)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
