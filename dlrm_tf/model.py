@@ -21,8 +21,11 @@ SPARSE_KEY = "sparse_features"
 class DLRM(keras.Model):
     """Deep Learning Recommendation Model (Naumov et al., 2019), reference semantics."""
 
-    def __init__(self, model_config: ModelConfig | dict, **kwargs) -> None:
+    def __init__(
+        self, model_config: ModelConfig | dict, jit_compile: bool = False, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
+        self.jit_compile_dense = bool(jit_compile)
         if isinstance(model_config, dict):
             model_config = ModelConfig.from_dict(model_config)
         self.model_config = model_config
@@ -34,6 +37,19 @@ class DLRM(keras.Model):
         else:
             self.interaction = CatInteraction(name="interaction")
         self.top_mlp = MLP(cfg.top_mlp, final_activation="sigmoid", name="top_mlp")
+        # XLA has no CPU kernels for the sparse lookup (Unique, segment sums), so only
+        # the dense parts are compiled.
+        self._bottom = self._compiled(self.bottom_mlp) if jit_compile else self.bottom_mlp
+        self._head = self._compiled(self._interact_and_top) if jit_compile else (
+            self._interact_and_top
+        )
+
+    @staticmethod
+    def _compiled(fn):
+        return tf.function(fn, jit_compile=True, reduce_retracing=True, autograph=False)
+
+    def _interact_and_top(self, x, embedded):
+        return self.top_mlp(self.interaction((x, embedded)))
 
     def build(self, input_shape=None) -> None:
         cfg = self.model_config
@@ -44,10 +60,9 @@ class DLRM(keras.Model):
 
     def call(self, inputs, training: bool | None = None):
         dense = inputs[DENSE_KEY]
-        x = self.bottom_mlp(dense)
+        x = self._bottom(dense)
         embedded = self.embeddings(inputs[SPARSE_KEY])
-        z = self.interaction((x, embedded))
-        probability = self.top_mlp(z)
+        probability = self._head(x, embedded)
         threshold = self.model_config.loss_threshold
         if threshold > 0.0:
             probability = tf.clip_by_value(probability, threshold, 1.0 - threshold)
@@ -59,7 +74,7 @@ class DLRM(keras.Model):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(model_config=self.model_config.to_dict())
+        config.update(model_config=self.model_config.to_dict(), jit_compile=self.jit_compile_dense)
         return config
 
     @classmethod
@@ -68,8 +83,11 @@ class DLRM(keras.Model):
         return cls(ModelConfig.from_dict(config.pop("model_config")), **config)
 
 
-def build_model(model_config: ModelConfig) -> DLRM:
-    """Creates and builds a DLRM model (weights initialised as the reference does)."""
-    model = DLRM(model_config, name="dlrm")
+def build_model(model_config: ModelConfig, jit_compile: bool = False) -> DLRM:
+    """Creates and builds a DLRM model (weights initialised as the reference does).
+
+    ``jit_compile`` XLA-compiles the bottom MLP and the interaction + top MLP.
+    """
+    model = DLRM(model_config, jit_compile=jit_compile, name="dlrm")
     model.build()
     return model

@@ -1,0 +1,145 @@
+"""Saving and restoring models: the best model (``.keras``) and crash-safe backups.
+
+- ``save_model`` writes a ``.keras`` file (architecture, weights, optimizer state
+  and step) plus a ``.json`` sidecar with the test metrics, each to a temporary
+  name in the same directory and then renamed over the target, so a reader never
+  sees a half-written file and a crash keeps the previous one.
+- ``Backup`` keeps ``tf.train.Checkpoint`` backups (model, optimizer, step) that
+  a rerun of the same command resumes from; ``CheckpointManager`` writes the
+  checkpoint files before it updates its index, so a kill mid-write leaves the
+  last complete backup in force.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dlrm_tf.model import DLRM
+
+
+def _atomic_target(path: str, suffix: str) -> str:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=directory)
+    os.close(fd)
+    return tmp
+
+
+def save_model(model: DLRM, path: str, metrics: dict | None = None) -> str:
+    """Atomically writes ``path`` (a ``.keras`` file) and ``path + '.json'``."""
+    if not path.endswith(".keras"):
+        raise ValueError(f"--save_model={path}: the file name must end in .keras")
+    tmp = _atomic_target(path, ".keras")
+    try:
+        model.save(tmp, overwrite=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    info = {
+        "step": int(model.optimizer.iterations) if model.optimizer is not None else 0,
+        "model_config": model.model_config.to_dict(),
+        "test": metrics,
+    }
+    tmp = _atomic_target(path + ".json", ".json")
+    with open(tmp, "w") as f:
+        json.dump(info, f, indent=1)
+    os.replace(tmp, path + ".json")
+    return path
+
+
+def read_model_info(path: str) -> dict:
+    """The sidecar written by ``save_model`` (step, config, test metrics), or {}."""
+    try:
+        with open(path + ".json") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+
+
+def load_model(path: str, compile: bool = False) -> DLRM:
+    """Loads a model written by ``save_model`` (the custom classes registered)."""
+    import dlrm_tf.losses  # noqa: F401  (registers the loss and metric)
+    import dlrm_tf.optimizers  # noqa: F401  (registers the optimizers)
+    import dlrm_tf.schedules  # noqa: F401  (registers the schedule)
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--load_model={path}: no such file")
+    model = keras.saving.load_model(path, compile=compile)
+    if not isinstance(model, DLRM):
+        raise ValueError(f"--load_model={path}: not a DLRM model ({type(model).__name__})")
+    return model
+
+
+def restore_model_state(model: DLRM, path: str, with_optimizer: bool = True) -> None:
+    """Copies weights (and optimizer state and step) from a saved model into ``model``.
+
+    ``model`` is built and compiled under the run's strategy, so its variables
+    live where training needs them; the saved model is loaded on the host and
+    its values assigned.
+    """
+    saved = load_model(path, compile=with_optimizer)
+    if saved.model_config != model.model_config:
+        raise ValueError(
+            f"--load_model={path}: its architecture {saved.model_config} differs from the "
+            f"flags' {model.model_config}"
+        )
+    for target, source in zip(model.weights, saved.weights, strict=True):
+        target.assign(source.numpy())
+    if not with_optimizer:
+        return
+    if saved.optimizer is None:
+        raise ValueError(f"--load_model={path}: the file holds no optimizer state")
+    saved.optimizer.build(saved.trainable_variables)
+    targets, sources = model.optimizer.variables, saved.optimizer.variables
+    if len(targets) != len(sources):
+        raise ValueError(
+            f"--load_model={path}: optimizer state has {len(sources)} variables, the "
+            f"--optimizer chosen has {len(targets)}; use the optimizer it was trained with"
+        )
+    for target, source in zip(targets, sources, strict=True):
+        value = np.asarray(source.numpy())
+        if tuple(target.shape) != value.shape:
+            raise ValueError(
+                f"--load_model={path}: optimizer variable {target.path} has shape "
+                f"{tuple(target.shape)}, saved {value.shape}"
+            )
+        target.assign(value)
+
+
+class Backup:
+    """Crash-safe backups in ``directory``, resumed by a rerun of the same command."""
+
+    def __init__(self, directory: str, model: DLRM, max_to_keep: int = 2) -> None:
+        self.model = model
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, directory, max_to_keep=max_to_keep, step_counter=None
+        )
+        self._last_saved_step = -1
+
+    @property
+    def latest(self) -> str | None:
+        return self.manager.latest_checkpoint
+
+    def restore(self) -> bool:
+        """Restores the newest backup, if any; returns whether one was found."""
+        if self.manager.latest_checkpoint is None:
+            return False
+        self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        self._last_saved_step = int(self.model.optimizer.iterations)
+        return True
+
+    def save(self, force: bool = False) -> str | None:
+        """Writes a backup at the current step (once per step)."""
+        step = int(self.model.optimizer.iterations)
+        if step == self._last_saved_step and not force:
+            return None
+        self._last_saved_step = step
+        return self.manager.save(checkpoint_number=step)

@@ -1,0 +1,189 @@
+"""Training and test data for the trainer: generated (random, trace-driven) or converted files.
+
+``DataSource`` hides where examples come from and hands the trainer datasets of
+``({"dense_features", "sparse_features"}, labels)`` ready for ``model.fit``
+under any ``tf.distribute`` strategy:
+
+- converted TFRecords are read per input pipeline with
+  ``strategy.distribute_datasets_from_function`` (each worker reads its own
+  shards; ``mini_batch_size`` is the global batch);
+- generated data is made as global batches and split across replicas with
+  ``strategy.experimental_distribute_dataset``, so a mirrored run sees exactly
+  the batches a single-device run sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import tensorflow as tf
+
+GENERATIONS = ("random", "dataset", "synthetic")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the examples come from and how many there are."""
+
+    generation: str = "random"
+    processed_data_dir: str = ""
+    data_size: int = 1
+    num_batches: int = 0
+    test_num_batches: int = 0
+    num_indices_per_lookup: int = 10
+    num_indices_per_lookup_fixed: bool = False
+    round_targets: bool = False
+    trace_file: str = ""
+    trace_padding: bool = False
+    seed: int = 123
+
+
+class DataSource:
+    """Builds the train and test datasets of one run."""
+
+    def __init__(self, config: DataConfig, table_sizes: tuple[int, ...], num_dense: int) -> None:
+        self.config = config
+        self.metadata: dict | None = None
+        if config.generation == "dataset":
+            from input_pipeline import dataset as files
+
+            self.metadata = files.read_metadata(config.processed_data_dir)
+            table_sizes = tuple(int(n) for n in self.metadata["table_sizes"])
+            num_dense = int(self.metadata.get("num_dense", num_dense))
+        elif config.generation not in GENERATIONS:
+            raise ValueError(f"--data_generation={config.generation!r}: one of {GENERATIONS}")
+        self.table_sizes = tuple(table_sizes)
+        self.num_dense = int(num_dense)
+
+    @property
+    def from_files(self) -> bool:
+        return self.config.generation == "dataset"
+
+    def _split_rows(self, split: str) -> int:
+        assert self.metadata is not None
+        rows = self.metadata.get("rows", self.metadata.get("splits", {}))
+        value = rows.get(split, 0)
+        return int(value["rows"] if isinstance(value, dict) else value)
+
+    def has_split(self, split: str) -> bool:
+        """Whether the converted data has examples in ``split``."""
+        return self._split_rows(split) > 0 if self.from_files else True
+
+    def steps_per_epoch(self, global_batch: int, drop_remainder: bool) -> int:
+        """Training steps in one epoch (``--num_batches`` caps it)."""
+        if self.from_files:
+            rows = self._split_rows("train")
+            steps = rows // global_batch if drop_remainder else math.ceil(rows / global_batch)
+        else:
+            steps = math.ceil(self.config.data_size / global_batch)
+        if self.config.num_batches > 0:
+            steps = self.config.num_batches if not self.from_files else min(
+                steps, self.config.num_batches
+            )
+        if steps <= 0:
+            raise ValueError(
+                f"no training steps: {self._describe()} gives fewer examples than one "
+                f"batch of --mini_batch_size={global_batch}"
+            )
+        return steps
+
+    def test_steps(self, global_batch: int, train_steps: int) -> int | None:
+        """Batches in one evaluation; None reads the whole test split."""
+        if self.from_files:
+            return self.config.test_num_batches or None
+        return self.config.test_num_batches or train_steps
+
+    def _describe(self) -> str:
+        if self.from_files:
+            return f"--processed_data_dir={self.config.processed_data_dir}"
+        return f"--data_size={self.config.data_size}"
+
+    def _generated(self, batch: int, num_batches: int, seed: int) -> tf.data.Dataset:
+        cfg = self.config
+        common = dict(
+            table_sizes=self.table_sizes,
+            num_dense=self.num_dense,
+            batch_size=batch,
+            num_batches=num_batches,
+            num_indices_per_lookup=cfg.num_indices_per_lookup,
+            num_indices_per_lookup_fixed=cfg.num_indices_per_lookup_fixed,
+            round_targets=cfg.round_targets,
+            seed=seed,
+        )
+        if cfg.generation == "synthetic":
+            from input_pipeline.trace import synthetic_dataset
+
+            return synthetic_dataset(
+                trace_file_pattern=cfg.trace_file, enable_padding=cfg.trace_padding, **common
+            )
+        from input_pipeline.random_data import random_dataset
+
+        data_size = cfg.data_size if cfg.num_batches <= 0 else None
+        return random_dataset(data_size=data_size, **common)
+
+    def train_dataset(
+        self,
+        strategy: tf.distribute.Strategy,
+        global_batch: int,
+        steps: int,
+        epoch: int = 0,
+        skip: int = 0,
+    ):
+        """The batches of one epoch, from step ``skip`` on, distributed for ``strategy``."""
+        cfg = self.config
+        if self.from_files:
+            from input_pipeline import dataset as files
+
+            def dataset_fn(ctx: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+                ds = files.make_dataset(
+                    cfg.processed_data_dir,
+                    "train",
+                    global_batch,
+                    shuffle=True,
+                    seed=cfg.seed + epoch,
+                    input_context=ctx,
+                    drop_remainder=strategy.num_replicas_in_sync > 1,
+                    repeat=True,
+                )
+                return ds.skip(skip).take(steps - skip)
+
+            return _distribute_fn(strategy, dataset_fn)
+        # Generated data: every epoch sees the same batches, like the reference's.
+        ds = self._generated(global_batch, steps, cfg.seed).skip(skip)
+        return _distribute(strategy, ds)
+
+    def test_dataset(self, strategy: tf.distribute.Strategy, global_batch: int, steps: int | None):
+        """The test split (converted data) or held-out generated batches."""
+        cfg = self.config
+        if self.from_files:
+            from input_pipeline import dataset as files
+
+            def dataset_fn(ctx: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+                ds = files.make_dataset(
+                    cfg.processed_data_dir, "test", global_batch, shuffle=False, input_context=ctx
+                )
+                return ds.take(steps) if steps else ds
+
+            return _distribute_fn(strategy, dataset_fn)
+        ds = self._generated(global_batch, steps or 1, cfg.seed + 1)
+        return _distribute(strategy, ds)
+
+    def sample_batches(self, global_batch: int, count: int) -> list:
+        """The first ``count`` training batches as NumPy (for --debug_mode)."""
+        strategy = tf.distribute.get_strategy()
+        ds = self.train_dataset(strategy, global_batch, count)
+        return list(ds.take(count).as_numpy_iterator())
+
+
+def _distribute(strategy: tf.distribute.Strategy, ds: tf.data.Dataset):
+    if strategy.num_replicas_in_sync == 1:
+        return ds
+    return strategy.experimental_distribute_dataset(ds)
+
+
+def _distribute_fn(strategy: tf.distribute.Strategy, dataset_fn):
+    if strategy.num_replicas_in_sync == 1:
+        return dataset_fn(None)
+    return strategy.distribute_datasets_from_function(dataset_fn)
+

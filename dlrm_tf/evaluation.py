@@ -1,0 +1,52 @@
+"""Test-set evaluation under any strategy: predictions gathered, metrics exact in NumPy."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from dlrm_tf.losses import DLRMLoss
+from dlrm_tf.metrics import binary_metrics
+
+
+class Evaluator:
+    """Runs the model over a (distributed) test dataset and computes the test metrics.
+
+    Predictions and labels of every replica (and every worker, under
+    multi-worker training) are gathered with ``strategy.gather``, so each
+    process computes the metrics over the whole test split.
+    """
+
+    def __init__(self, model: tf.keras.Model, strategy: tf.distribute.Strategy, loss: DLRMLoss):
+        self.model = model
+        self.strategy = strategy
+        self.loss = loss
+
+        def replica_step(features, labels):
+            return self.model(features, training=False), labels
+
+        @tf.function(reduce_retracing=True)
+        def predict(features, labels):
+            probs, labs = self.strategy.run(replica_step, args=(features, labels))
+            return self.strategy.gather(probs, axis=0), self.strategy.gather(labs, axis=0)
+
+        self._predict = predict
+
+    def predictions(self, dataset) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, labels) over the whole dataset, as flat NumPy arrays."""
+        probs, labels = [], []
+        for features, batch_labels in dataset:
+            p, y = self._predict(features, batch_labels)
+            probs.append(p.numpy().reshape(-1))
+            labels.append(y.numpy().reshape(-1))
+        if not probs:
+            raise ValueError("the test dataset is empty")
+        return np.concatenate(probs), np.concatenate(labels)
+
+    def evaluate(self, dataset) -> dict[str, float]:
+        """Loss (the training loss function), exact AUC, accuracy and log loss."""
+        probs, labels = self.predictions(dataset)
+        metrics = binary_metrics(np.round(labels) if self.loss.round_targets else labels, probs)
+        loss = self.loss(labels[:, None].astype(np.float32), probs[:, None].astype(np.float32))
+        metrics["loss"] = float(loss)
+        return metrics

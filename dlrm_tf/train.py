@@ -1,0 +1,247 @@
+"""Training with ``model.fit`` under a ``tf.distribute`` strategy.
+
+One ``fit`` call per epoch (so a resumed run can start mid-epoch), with the
+callbacks of ``dlrm_tf.callbacks``: the reference's printed lines, evaluation
+every ``test_freq`` steps, TensorBoard, the best model by test AUC and
+crash-safe backups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import keras
+import tensorflow as tf
+
+from dlrm_tf import callbacks as cb
+from dlrm_tf import checkpoints, memory
+from dlrm_tf.config import ModelConfig
+from dlrm_tf.data import DataSource
+from dlrm_tf.evaluation import Evaluator
+from dlrm_tf.losses import DLRMLoss, RoundedAccuracy
+from dlrm_tf.model import DLRM, build_model
+from dlrm_tf.schedules import WarmupPolyDecay
+from dlrm_tf.strategy import is_chief
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train (everything but the architecture and the data)."""
+
+    mini_batch_size: int = 1
+    nepochs: int = 1
+    learning_rate: float = 0.01
+    optimizer: str = "sgd"
+    loss_function: str = "mse"
+    loss_weights: tuple[float, float] = (1.0, 1.0)
+    round_targets: bool = False
+    lr_num_warmup_steps: int = 0
+    lr_decay_start_step: int = 0
+    lr_num_decay_steps: int = 0
+    seed: int = 123
+    print_freq: int = 1
+    print_time: bool = False
+    test_freq: int = -1
+    test_mini_batch_size: int = -1
+    debug_mode: bool = False
+    enable_profiling: bool = False
+    inference_only: bool = False
+    save_model: str = ""
+    load_model: str = ""
+    run_dir: str = "runs/latest"
+    tensorboard_dir: str = ""
+    backup_dir: str = ""
+    backup_every: int = 1000
+    mixed_precision: str = "none"
+    jit_compile: bool = False
+    steps_per_execution: int = 1
+    plot: bool = True
+
+    @property
+    def test_batch_size(self) -> int:
+        return self.test_mini_batch_size if self.test_mini_batch_size > 0 else self.mini_batch_size
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a run produced."""
+
+    model: DLRM
+    history: list[dict]
+    test_metrics: dict | None
+    steps: int
+    artifacts: dict[str, str]
+
+
+def _local_devices(strategy: tf.distribute.Strategy) -> tuple[str, ...]:
+    """The devices this process's replicas run on (the default strategy has no list)."""
+    if strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy():
+        return ("/cpu:0",)
+    try:
+        return tuple(strategy.extended.worker_devices)
+    except RuntimeError:
+        return ("/cpu:0",)
+
+
+def make_loss(config: TrainConfig) -> DLRMLoss:
+    return DLRMLoss(config.loss_function, config.loss_weights, config.round_targets)
+
+
+def compile_model(model: DLRM, config: TrainConfig) -> None:
+    """Compiles with the sparse-update optimizer, the reference's schedule and loss."""
+    from dlrm_tf.optimizers import make_optimizer
+
+    schedule = WarmupPolyDecay(
+        config.learning_rate,
+        config.lr_num_warmup_steps,
+        config.lr_decay_start_step,
+        config.lr_num_decay_steps,
+    )
+    model.compile(
+        optimizer=make_optimizer(config.optimizer, schedule),
+        loss=make_loss(config),
+        metrics=[RoundedAccuracy(config.round_targets)],
+        steps_per_execution=config.steps_per_execution,
+    )
+
+
+def set_precision(policy: str) -> None:
+    """Sets Keras's global dtype policy (``none``, ``bfloat16`` or ``float16``)."""
+    names = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+    keras.mixed_precision.set_global_policy(names[policy])
+
+
+def run(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    source: DataSource,
+    strategy: tf.distribute.Strategy,
+    log=print,
+) -> RunResult:
+    """Trains (or, with ``inference_only``, only evaluates) and returns the result."""
+    cfg = train_config
+    chief = is_chief(strategy)
+    keras.utils.set_random_seed(cfg.seed)
+    set_precision(cfg.mixed_precision)
+    replicas = strategy.num_replicas_in_sync
+    devices = _local_devices(strategy)
+    on_cpu = all("GPU" not in d.upper() for d in devices)
+    memory.check_memory(model_config, cfg.optimizer, len(devices) if on_cpu else 1)
+    if cfg.mini_batch_size % replicas:
+        raise ValueError(
+            f"--mini_batch_size={cfg.mini_batch_size} (the global batch) must be divisible by "
+            f"the {replicas} replicas"
+        )
+
+    with strategy.scope():
+        model = build_model(model_config, jit_compile=cfg.jit_compile)
+        compile_model(model, cfg)
+        model.optimizer.build(model.trainable_variables)
+    if cfg.load_model:
+        checkpoints.restore_model_state(
+            model, cfg.load_model, with_optimizer=not cfg.inference_only
+        )
+        log(f"Loaded model state from {cfg.load_model} at step {int(model.optimizer.iterations)}")
+
+    steps = source.steps_per_epoch(cfg.mini_batch_size, drop_remainder=replicas > 1)
+    test_steps = source.test_steps(cfg.test_batch_size, steps)
+    # Like the reference, generated data is tested only when --test_freq asks for it.
+    has_test = source.has_split("test") and (source.from_files or cfg.test_freq > 0)
+    evaluator = Evaluator(model, strategy, make_loss(cfg))
+
+    def test_data():
+        return source.test_dataset(strategy, cfg.test_batch_size, test_steps)
+
+    artifacts: dict[str, str] = {}
+    if cfg.inference_only:
+        if not has_test:
+            raise ValueError("--inference_only: the data has no test split to evaluate")
+        metrics = evaluator.evaluate(test_data())
+        log(cb.format_test_line(0, steps, 0, metrics, metrics))
+        return RunResult(model, [], metrics, int(model.optimizer.iterations), artifacts)
+
+    if cfg.debug_mode:
+        cb.print_debug(model, model_config, source, cfg.mini_batch_size, log)
+
+    backup = checkpoints.Backup(cfg.backup_dir, model) if cfg.backup_dir else None
+    if backup is not None and backup.restore():
+        log(f"Resumed from backup {backup.latest} at step {int(model.optimizer.iterations)}")
+
+    tb_dir = cfg.tensorboard_dir or os.path.join(cfg.run_dir, "tensorboard")
+    logger = cb.ReferenceLogger(
+        steps_per_epoch=steps,
+        global_batch=cfg.mini_batch_size,
+        print_freq=cfg.print_freq,
+        print_time=cfg.print_time,
+        test_freq=cfg.test_freq,
+        evaluate=(lambda: evaluator.evaluate(test_data())) if has_test else None,
+        learning_rate=model.optimizer.learning_rate,
+        tensorboard_dir=tb_dir if chief else None,
+        best_model_path=cfg.save_model if chief else "",
+        save_model=lambda path, metrics: checkpoints.save_model(model, path, metrics),
+        log=log,
+    )
+    callbacks: list[keras.callbacks.Callback] = [logger]
+    if backup is not None:
+        callbacks.append(cb.BackupCallback(backup, cfg.backup_every))
+    if chief:
+        callbacks.append(
+            keras.callbacks.TensorBoard(
+                tb_dir, update_freq=max(cfg.print_freq, 1), write_graph=False, profile_batch=0
+            )
+        )
+    profile = cb.ProfileCallback(tb_dir, start=min(5, steps), num_steps=3) if (
+        cfg.enable_profiling and chief
+    ) else None
+    if profile is not None:
+        callbacks.append(profile)
+
+    start_step = int(model.optimizer.iterations)
+    started = time.time()
+    for epoch in range(start_step // steps, cfg.nepochs):
+        skip = max(0, start_step - epoch * steps)
+        data = source.train_dataset(strategy, cfg.mini_batch_size, steps, epoch=epoch, skip=skip)
+        logger.start_epoch(epoch, first_step=skip)
+        model.fit(
+            data,
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            steps_per_epoch=steps - skip,
+            callbacks=callbacks,
+            shuffle=False,
+            verbose=0,
+        )
+    total_steps = int(model.optimizer.iterations)
+    elapsed = time.time() - started
+
+    test_metrics = None
+    if has_test and (logger.last_test_step != total_steps):
+        test_metrics = logger.run_test(total_steps, final=True)
+    elif has_test:
+        test_metrics = logger.history[-1].get("test")
+    if backup is not None:
+        backup.save(force=True)
+
+    if chief:
+        os.makedirs(cfg.run_dir, exist_ok=True)
+        history_path = os.path.join(cfg.run_dir, "history.json")
+        with open(history_path, "w") as f:
+            json.dump({"history": logger.history, "test": test_metrics,
+                       "steps": total_steps, "seconds": elapsed}, f, indent=1)
+        artifacts["history"] = history_path
+        artifacts["tensorboard"] = tb_dir
+        if cfg.save_model:
+            if not logger.saved_best:
+                checkpoints.save_model(model, cfg.save_model, metrics=test_metrics)
+            artifacts["model"] = cfg.save_model
+        if cfg.plot and logger.history:
+            from dlrm_tf.plot import plot_history
+
+            png = plot_history(logger.history, os.path.join(cfg.run_dir, "training.png"))
+            if png:
+                artifacts["plot"] = png
+    return RunResult(model, logger.history, test_metrics, total_steps, artifacts)
+
