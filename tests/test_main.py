@@ -1,0 +1,101 @@
+"""The CLI: the reference's tiny run end to end, and clear errors for bad flags."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from dlrm_tf import main as main_module
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_LINE = re.compile(
+    r"^Finished training it (\d+)/(\d+) of epoch (\d+), (-?\d+\.\d\d) ms/it, "
+    r"loss (\d+\.\d{6}), accuracy (\d+\.\d{3}) %$"
+)
+
+
+def run_cli(*args: str, cwd: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    return subprocess.run(
+        [sys.executable, "-m", "dlrm_tf.main", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_tiny_reference_run(tmp_path):
+    flagfile = os.path.join(ROOT, "configs", "tiny.flags")
+    proc = run_cli(f"--flagfile={flagfile}", f"--run_dir={tmp_path}/run", "--print_time",
+                   cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [m for m in map(TRAIN_LINE.match, proc.stdout.splitlines()) if m]
+    assert [(m[1], m[2], m[3]) for m in lines] == [("1", "3", "0"), ("2", "3", "0"),
+                                                    ("3", "3", "0")]
+    for m in lines:
+        assert float(m[4]) > 0  # --print_time gives real ms/it
+        assert float(m[6]) == 0.0  # random targets in [0, 1): never equal to a rounded p
+        assert 0.0 < float(m[5]) < 1.0  # mse of probabilities against [0, 1) targets
+    assert os.path.exists(tmp_path / "run" / "history.json")
+
+
+def test_tiny_run_is_deterministic_for_a_seed(tmp_path):
+    flagfile = os.path.join(ROOT, "configs", "tiny.flags")
+    outs = []
+    for i in range(2):
+        proc = run_cli(f"--flagfile={flagfile}", f"--run_dir={tmp_path}/r{i}", "--nepochs=2",
+                       "--optimizer=adagrad", cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs.append([ln for ln in proc.stdout.splitlines() if ln.startswith("Finished")])
+    assert len(outs[0]) == 6
+    assert outs[0] == outs[1]
+
+
+@pytest.fixture
+def cli(capsys, tmp_path):
+    """Runs main() in-process with the given flags; returns (exit code, stderr)."""
+
+    def invoke(*args):
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["dlrm", f"--run_dir={tmp_path}/run", *args])
+        code = main_module.main([])
+        return code, capsys.readouterr().err
+
+    yield invoke
+    flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--arch_mlp_bot=4-3-5"], r"--arch_mlp_bot=4-3-5: its last width \(5\) must equal "
+                                   r"--arch_sparse_feature_size \(2\)"),
+        (["--arch_embedding_size=4-x-2"], r"--arch_embedding_size='4-x-2'.*'x' is not"),
+        (["--arch_embedding_size=4--2"], r"--arch_embedding_size"),
+        (["--arch_mlp_top=4-2-3"], r"--arch_mlp_top=4-2-3: the last layer must have width 1"),
+        (["--processed_data_dir=/tmp/x"], r"add --data_generation=dataset"),
+        (["--data_generation=dataset"], r"needs --processed_data_dir"),
+        (["--inference_only"], r"--inference_only needs --load_model"),
+        (["--save_model=model.h5"], r"must end in .keras"),
+        (["--loss_weights=1-2-3"], r"--loss_weights='1-2-3'"),
+        (["--mini_batch_size=0"], r"--mini_batch_size=0: must be a positive integer"),
+        (["--use_gpu"], r"--use_gpu: no GPU is visible"),
+        (["--num_gpus=2"], r"--num_gpus=2 needs --use_gpu"),
+        (["--distribution_strategy=multi_worker_mirrored"], r"needs the TF_CONFIG"),
+        (["--lr_num_warmup_steps=10", "--lr_decay_start_step=5", "--lr_num_decay_steps=3"],
+         r"--lr_decay_start_step=5 must not come before"),
+    ],
+)
+def test_bad_flags_give_clear_errors(cli, args, message):
+    os.environ.pop("TF_CONFIG", None)
+    code, err = cli(*args)
+    assert code == 2
+    assert re.search(message, err), err
+
+
+def test_boolean_flags_parse_false_as_false(cli):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["dlrm", "--arch_interaction_itself=false", "--round_targets=False"])
+    assert flags.FLAGS.arch_interaction_itself is False
+    assert flags.FLAGS.round_targets is False
