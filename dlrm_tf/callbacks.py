@@ -91,7 +91,7 @@ class ReferenceLogger(keras.callbacks.Callback):
         self._window_iters = 0
 
     def _global_step(self) -> int:
-        return int(self.model.optimizer.iterations)
+        return int(self.model.optimizer.iterations.numpy())
 
     def on_train_batch_end(self, batch, logs=None):
         logs = logs or {}
@@ -110,9 +110,15 @@ class ReferenceLogger(keras.callbacks.Callback):
             self.log(format_train_line(it, self.steps_per_epoch, self.epoch, ms, loss, acc))
             step = self._global_step()
             lr = float(self._current_lr(step))
-            record = {"step": step, "epoch": self.epoch, "it": it, "train_loss": loss,
-                      "train_accuracy": acc, "learning_rate": lr,
-                      "samples_per_s": examples / max(elapsed, 1e-9)}
+            record = {
+                "step": step,
+                "epoch": self.epoch,
+                "it": it,
+                "train_loss": loss,
+                "train_accuracy": acc,
+                "learning_rate": lr,
+                "samples_per_s": examples / max(elapsed, 1e-9),
+            }
             self.history.append(record)
             if self._writers:
                 with self._writers["train"].as_default(step=step):
@@ -145,8 +151,10 @@ class ReferenceLogger(keras.callbacks.Callback):
         metrics = self._evaluate()
         metrics["seconds"] = time.perf_counter() - started
         self.last_test_step = step
-        improved = self.best is None or metrics["auc"] > self.best["auc"] or (
-            np.isnan(self.best["auc"]) and not np.isnan(metrics["auc"])
+        improved = (
+            self.best is None
+            or metrics["auc"] > self.best["auc"]
+            or (np.isnan(self.best["auc"]) and not np.isnan(metrics["auc"]))
         )
         if self.best is None:
             self.best = dict(metrics)
@@ -180,7 +188,7 @@ class BackupCallback(keras.callbacks.Callback):
         self.every = max(1, every)
 
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations) % self.every == 0:
+        if int(self.model.optimizer.iterations.numpy()) % self.every == 0:
             self.backup.save()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -245,8 +253,9 @@ def print_debug(model, model_config, source, global_batch: int, log=print) -> No
         log(str(features["dense_features"]))
         ids = features["sparse_features"]
         if ids.ndim == 3:
-            bags = [[[int(i) for i in bag if i >= 0] for bag in ids[:, t]]
-                    for t in range(ids.shape[1])]
+            bags = [
+                [[int(i) for i in bag if i >= 0] for bag in ids[:, t]] for t in range(ids.shape[1])
+            ]
         else:
             bags = [[[int(i)] for i in ids[:, t]] for t in range(ids.shape[1])]
         log(str(bags))

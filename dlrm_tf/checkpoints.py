@@ -43,7 +43,7 @@ def save_model(model: DLRM, path: str, metrics: dict | None = None) -> str:
         if os.path.exists(tmp):
             os.remove(tmp)
     info = {
-        "step": int(model.optimizer.iterations) if model.optimizer is not None else 0,
+        "step": int(model.optimizer.iterations.numpy()) if model.optimizer is not None else 0,
         "model_config": model.model_config.to_dict(),
         "test": metrics,
     }
@@ -133,12 +133,12 @@ class Backup:
         if self.manager.latest_checkpoint is None:
             return False
         self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-        self._last_saved_step = int(self.model.optimizer.iterations)
+        self._last_saved_step = int(self.model.optimizer.iterations.numpy())
         return True
 
     def save(self, force: bool = False) -> str | None:
         """Writes a backup at the current step (once per step)."""
-        step = int(self.model.optimizer.iterations)
+        step = int(self.model.optimizer.iterations.numpy())
         if step == self._last_saved_step and not force:
             return None
         self._last_saved_step = step

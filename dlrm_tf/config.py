@@ -89,8 +89,10 @@ class ModelConfig:
         num_features = self.num_tables + 1
         if self.interaction == "cat":
             return self.bottom_mlp[-1] + self.num_tables * self.embedding_dim
-        pairs = num_features * (num_features + 1) // 2 if self.interaction_itself else (
-            num_features * (num_features - 1) // 2
+        pairs = (
+            num_features * (num_features + 1) // 2
+            if self.interaction_itself
+            else (num_features * (num_features - 1) // 2)
         )
         return self.bottom_mlp[-1] + pairs
 

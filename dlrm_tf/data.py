@@ -78,8 +78,10 @@ class DataSource:
         else:
             steps = math.ceil(self.config.data_size / global_batch)
         if self.config.num_batches > 0:
-            steps = self.config.num_batches if not self.from_files else min(
-                steps, self.config.num_batches
+            steps = (
+                self.config.num_batches
+                if not self.from_files
+                else min(steps, self.config.num_batches)
             )
         if steps <= 0:
             raise ValueError(
@@ -186,4 +188,3 @@ def _distribute_fn(strategy: tf.distribute.Strategy, dataset_fn):
     if strategy.num_replicas_in_sync == 1:
         return dataset_fn(None)
     return strategy.distribute_datasets_from_function(dataset_fn)
-

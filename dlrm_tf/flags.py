@@ -38,9 +38,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("max_ind_range", -1, "Cap on categorical ids (conversion).")
 flags.DEFINE_float("data_sub_sample_rate", 0.0, "Negative down-sampling rate (conversion).")
-flags.DEFINE_enum(
-    "data_randomize", "total", ["total", "day", "none"], "Shuffling (conversion)."
-)
+flags.DEFINE_enum("data_randomize", "total", ["total", "day", "none"], "Shuffling (conversion).")
 flags.DEFINE_integer("num_indices_per_lookup", 10, "Ids per bag (random/synthetic data).")
 flags.DEFINE_bool("num_indices_per_lookup_fixed", False, "Use exactly that many ids per bag.")
 flags.DEFINE_string(

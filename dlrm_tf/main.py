@@ -14,9 +14,11 @@ from absl import app, flags, logging
 from dlrm_tf import flags as dlrm_flags  # noqa: F401  (defines the flags)
 from dlrm_tf.config import ConfigError, ModelConfig, parse_dash_list
 from dlrm_tf.data import DataConfig
+from dlrm_tf.strategy import DeviceError
 from dlrm_tf.train import TrainConfig
 
 FLAGS = flags.FLAGS
+
 
 def _loss_weights(text: str) -> tuple[float, float]:
     parts = text.split("-")
@@ -138,48 +140,47 @@ def _prepare_generated_criteo(data_dir: str, rows: int, seed: int) -> None:
     started = time.time()
     synthetic.write_file(raw, num_rows=rows, seed=seed)
     print(f"Generated {rows:,} Criteo-shaped rows with a planted signal: {raw}")
-    convert.convert(raw_data_file=raw, output_dir=data_dir, data_set="kaggle",
-                    max_ind_range=FLAGS.max_ind_range if FLAGS.max_ind_range > 0 else None)
+    convert.convert(
+        raw_data_file=raw,
+        output_dir=data_dir,
+        data_set="kaggle",
+        max_ind_range=FLAGS.max_ind_range if FLAGS.max_ind_range > 0 else None,
+    )
     print(f"Converted them to TFRecords in {data_dir} ({time.time() - started:.1f} s)")
 
 
-def main(argv: list[str]) -> int:
-    del argv
+def execute():
+    """Runs the job the parsed flags describe; returns ``train.RunResult``.
+
+    Raises ConfigError / ValueError / FileNotFoundError / MemoryError /
+    DeviceError with a message naming the flag or file at fault.
+    """
+    from dlrm_tf import train
+    from dlrm_tf.data import DataSource
     from dlrm_tf.strategy import configure_devices, make_strategy
 
     run_dir = FLAGS.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-    try:
-        data_config = data_config_from_flags()
-        train_config = train_config_from_flags(run_dir)
-        if FLAGS.data_generation != "dataset":
-            model_config_from_flags()  # validate the architecture before any heavy work
-        devices = configure_devices(FLAGS.use_gpu, FLAGS.num_gpus, FLAGS.num_cpu_replicas)
-        strategy = make_strategy(FLAGS.distribution_strategy, devices)
-    except (ConfigError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-    from dlrm_tf import train
-    from dlrm_tf.data import DataSource
+    data_config = data_config_from_flags()
+    train_config = train_config_from_flags(run_dir)
+    if FLAGS.data_generation != "dataset":
+        model_config_from_flags()  # validate the architecture before any heavy work
+    devices = configure_devices(FLAGS.use_gpu, FLAGS.num_gpus, FLAGS.num_cpu_replicas)
+    strategy = make_strategy(FLAGS.distribution_strategy, devices)
 
     if FLAGS.generate_criteo_rows > 0:
         _prepare_generated_criteo(
             data_config.processed_data_dir, FLAGS.generate_criteo_rows, FLAGS.numpy_rand_seed
         )
-    try:
-        placeholder = parse_dash_list(FLAGS.arch_embedding_size, "arch_embedding_size")
-        num_dense = parse_dash_list(FLAGS.arch_mlp_bot, "arch_mlp_bot")[0]
-        source = DataSource(data_config, placeholder, num_dense)
-        model_config = model_config_from_flags(source.table_sizes)
-        if model_config.num_dense != source.num_dense:
-            raise ConfigError(
-                f"--arch_mlp_bot={FLAGS.arch_mlp_bot}: its input width {model_config.num_dense} "
-                f"must equal the data's {source.num_dense} dense features"
-            )
-        result = train.run(model_config, train_config, source, strategy)
-    except (ConfigError, ValueError, FileNotFoundError, MemoryError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    placeholder = parse_dash_list(FLAGS.arch_embedding_size, "arch_embedding_size")
+    num_dense = parse_dash_list(FLAGS.arch_mlp_bot, "arch_mlp_bot")[0]
+    source = DataSource(data_config, placeholder, num_dense)
+    model_config = model_config_from_flags(source.table_sizes)
+    if model_config.num_dense != source.num_dense:
+        raise ConfigError(
+            f"--arch_mlp_bot={FLAGS.arch_mlp_bot}: its input width {model_config.num_dense} "
+            f"must equal the data's {source.num_dense} dense features"
+        )
+    result = train.run(model_config, train_config, source, strategy)
 
     if FLAGS.export_dir and not FLAGS.inference_only:
         from export.saved_model import export_model
@@ -192,6 +193,17 @@ def main(argv: list[str]) -> int:
         result.artifacts["saved_model"] = export_model(
             result.model, FLAGS.export_dir, raw_preprocessor=raw
         )
+    return result
+
+
+def main(argv: list[str]) -> int:
+    """The CLI: runs the job, prints where each artifact went; exit 2 on bad input."""
+    del argv
+    try:
+        result = execute()
+    except (ConfigError, ValueError, FileNotFoundError, MemoryError, DeviceError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     for name, path in result.artifacts.items():
         print(f"{name}: {path}")
     return 0

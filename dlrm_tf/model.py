@@ -40,8 +40,8 @@ class DLRM(keras.Model):
         # XLA has no CPU kernels for the sparse lookup (Unique, segment sums), so only
         # the dense parts are compiled.
         self._bottom = self._compiled(self.bottom_mlp) if jit_compile else self.bottom_mlp
-        self._head = self._compiled(self._interact_and_top) if jit_compile else (
-            self._interact_and_top
+        self._head = (
+            self._compiled(self._interact_and_top) if jit_compile else (self._interact_and_top)
         )
 
     @staticmethod

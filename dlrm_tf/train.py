@@ -144,7 +144,8 @@ def run(
         checkpoints.restore_model_state(
             model, cfg.load_model, with_optimizer=not cfg.inference_only
         )
-        log(f"Loaded model state from {cfg.load_model} at step {int(model.optimizer.iterations)}")
+        step = int(model.optimizer.iterations.numpy())
+        log(f"Loaded model state from {cfg.load_model} at step {step}")
 
     steps = source.steps_per_epoch(cfg.mini_batch_size, drop_remainder=replicas > 1)
     test_steps = source.test_steps(cfg.test_batch_size, steps)
@@ -161,14 +162,16 @@ def run(
             raise ValueError("--inference_only: the data has no test split to evaluate")
         metrics = evaluator.evaluate(test_data())
         log(cb.format_test_line(0, steps, 0, metrics, metrics))
-        return RunResult(model, [], metrics, int(model.optimizer.iterations), artifacts)
+        return RunResult(model, [], metrics, int(model.optimizer.iterations.numpy()), artifacts)
 
     if cfg.debug_mode:
         cb.print_debug(model, model_config, source, cfg.mini_batch_size, log)
 
     backup = checkpoints.Backup(cfg.backup_dir, model) if cfg.backup_dir else None
     if backup is not None and backup.restore():
-        log(f"Resumed from backup {backup.latest} at step {int(model.optimizer.iterations)}")
+        log(
+            f"Resumed from backup {backup.latest} at step {int(model.optimizer.iterations.numpy())}"
+        )
 
     tb_dir = cfg.tensorboard_dir or os.path.join(cfg.run_dir, "tensorboard")
     logger = cb.ReferenceLogger(
@@ -193,13 +196,15 @@ def run(
                 tb_dir, update_freq=max(cfg.print_freq, 1), write_graph=False, profile_batch=0
             )
         )
-    profile = cb.ProfileCallback(tb_dir, start=min(5, steps), num_steps=3) if (
-        cfg.enable_profiling and chief
-    ) else None
+    profile = (
+        cb.ProfileCallback(tb_dir, start=min(5, steps), num_steps=3)
+        if (cfg.enable_profiling and chief)
+        else None
+    )
     if profile is not None:
         callbacks.append(profile)
 
-    start_step = int(model.optimizer.iterations)
+    start_step = int(model.optimizer.iterations.numpy())
     started = time.time()
     for epoch in range(start_step // steps, cfg.nepochs):
         skip = max(0, start_step - epoch * steps)
@@ -214,7 +219,7 @@ def run(
             shuffle=False,
             verbose=0,
         )
-    total_steps = int(model.optimizer.iterations)
+    total_steps = int(model.optimizer.iterations.numpy())
     elapsed = time.time() - started
 
     test_metrics = None
@@ -229,8 +234,16 @@ def run(
         os.makedirs(cfg.run_dir, exist_ok=True)
         history_path = os.path.join(cfg.run_dir, "history.json")
         with open(history_path, "w") as f:
-            json.dump({"history": logger.history, "test": test_metrics,
-                       "steps": total_steps, "seconds": elapsed}, f, indent=1)
+            json.dump(
+                {
+                    "history": logger.history,
+                    "test": test_metrics,
+                    "steps": total_steps,
+                    "seconds": elapsed,
+                },
+                f,
+                indent=1,
+            )
         artifacts["history"] = history_path
         artifacts["tensorboard"] = tb_dir
         if cfg.save_model:
@@ -244,4 +257,3 @@ def run(
             if png:
                 artifacts["plot"] = png
     return RunResult(model, logger.history, test_metrics, total_steps, artifacts)
-

@@ -21,18 +21,24 @@ def run_cli(*args: str, cwd: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     return subprocess.run(
         [sys.executable, "-m", "dlrm_tf.main", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
 def test_tiny_reference_run(tmp_path):
     flagfile = os.path.join(ROOT, "configs", "tiny.flags")
-    proc = run_cli(f"--flagfile={flagfile}", f"--run_dir={tmp_path}/run", "--print_time",
-                   cwd=ROOT)
+    proc = run_cli(f"--flagfile={flagfile}", f"--run_dir={tmp_path}/run", "--print_time", cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [m for m in map(TRAIN_LINE.match, proc.stdout.splitlines()) if m]
-    assert [(m[1], m[2], m[3]) for m in lines] == [("1", "3", "0"), ("2", "3", "0"),
-                                                    ("3", "3", "0")]
+    assert [(m[1], m[2], m[3]) for m in lines] == [
+        ("1", "3", "0"),
+        ("2", "3", "0"),
+        ("3", "3", "0"),
+    ]
     for m in lines:
         assert float(m[4]) > 0  # --print_time gives real ms/it
         assert float(m[6]) == 0.0  # random targets in [0, 1): never equal to a rounded p
@@ -44,8 +50,13 @@ def test_tiny_run_is_deterministic_for_a_seed(tmp_path):
     flagfile = os.path.join(ROOT, "configs", "tiny.flags")
     outs = []
     for i in range(2):
-        proc = run_cli(f"--flagfile={flagfile}", f"--run_dir={tmp_path}/r{i}", "--nepochs=2",
-                       "--optimizer=adagrad", cwd=ROOT)
+        proc = run_cli(
+            f"--flagfile={flagfile}",
+            f"--run_dir={tmp_path}/r{i}",
+            "--nepochs=2",
+            "--optimizer=adagrad",
+            cwd=ROOT,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         outs.append([ln for ln in proc.stdout.splitlines() if ln.startswith("Finished")])
     assert len(outs[0]) == 6
@@ -69,8 +80,11 @@ def cli(capsys, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--arch_mlp_bot=4-3-5"], r"--arch_mlp_bot=4-3-5: its last width \(5\) must equal "
-                                   r"--arch_sparse_feature_size \(2\)"),
+        (
+            ["--arch_mlp_bot=4-3-5"],
+            r"--arch_mlp_bot=4-3-5: its last width \(5\) must equal "
+            r"--arch_sparse_feature_size \(2\)",
+        ),
         (["--arch_embedding_size=4-x-2"], r"--arch_embedding_size='4-x-2'.*'x' is not"),
         (["--arch_embedding_size=4--2"], r"--arch_embedding_size"),
         (["--arch_mlp_top=4-2-3"], r"--arch_mlp_top=4-2-3: the last layer must have width 1"),
@@ -83,8 +97,10 @@ def cli(capsys, tmp_path):
         (["--use_gpu"], r"--use_gpu: no GPU is visible"),
         (["--num_gpus=2"], r"--num_gpus=2 needs --use_gpu"),
         (["--distribution_strategy=multi_worker_mirrored"], r"needs the TF_CONFIG"),
-        (["--lr_num_warmup_steps=10", "--lr_decay_start_step=5", "--lr_num_decay_steps=3"],
-         r"--lr_decay_start_step=5 must not come before"),
+        (
+            ["--lr_num_warmup_steps=10", "--lr_decay_start_step=5", "--lr_num_decay_steps=3"],
+            r"--lr_decay_start_step=5 must not come before",
+        ),
     ],
 )
 def test_bad_flags_give_clear_errors(cli, args, message):

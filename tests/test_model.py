@@ -201,10 +201,18 @@ def test_gradients_match_numpy_oracle_with_repeated_ids():
             plus, minus = [w.copy() for w in weights[1]], [w.copy() for w in weights[1]]
             plus[0][row, col] += eps
             minus[0][row, col] -= eps
-            f_plus = numpy_dlrm((weights[0], plus, weights[2]), config, inputs["dense_features"],
-                                inputs["sparse_features"]).sum()
-            f_minus = numpy_dlrm((weights[0], minus, weights[2]), config,
-                                 inputs["dense_features"], inputs["sparse_features"]).sum()
+            f_plus = numpy_dlrm(
+                (weights[0], plus, weights[2]),
+                config,
+                inputs["dense_features"],
+                inputs["sparse_features"],
+            ).sum()
+            f_minus = numpy_dlrm(
+                (weights[0], minus, weights[2]),
+                config,
+                inputs["dense_features"],
+                inputs["sparse_features"],
+            ).sum()
             assert dense_grad[row, col] == pytest.approx((f_plus - f_minus) / (2 * eps), abs=1e-4)
     assert table0.shape == dense_grad.shape
 
