@@ -52,7 +52,7 @@ def test_two_workers_train_identical_weights(tmp_path):
             subprocess.Popen(
                 [
                     sys.executable,
-                    os.path.join(ROOT, "tests", "multi_worker_job.py"),
+                    os.path.join(ROOT, "tests", "cli_job.py"),
                     str(tmp_path / f"w{index}.npz"),
                     *flags,
                     f"--run_dir={tmp_path}/run{index}",

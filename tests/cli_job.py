@@ -1,6 +1,6 @@
-"""One worker of the multi-worker test: runs the CLI's job, then saves its weights.
+"""Runs the CLI's job in a subprocess of a test, then saves the trained weights.
 
-Usage: python tests/multi_worker_job.py OUT.npz --flag=value ... (TF_CONFIG set).
+Usage: python tests/cli_job.py OUT.npz --flag=value ...
 """
 
 import sys
