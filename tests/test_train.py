@@ -1,0 +1,141 @@
+"""Training runs: crash-safe resume after SIGKILL, best-model checkpoints, --inference_only."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARCH = [
+    "--arch_sparse_feature_size=4",
+    "--arch_embedding_size=200-30-1000",
+    "--arch_mlp_bot=4-8-4",
+    "--arch_mlp_top=8-1",
+    "--num_indices_per_lookup=2",
+    "--learning_rate=0.05",
+    "--plot=false",
+]
+
+
+def env():
+    e = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+    e.pop("TF_CONFIG", None)
+    return e
+
+
+def job(out, *flags):
+    return [sys.executable, os.path.join(ROOT, "tests", "cli_job.py"), str(out), *ARCH, *flags]
+
+
+def weights(path):
+    data = np.load(path)
+    return [data[k] for k in data.files if k != "steps"], int(data["steps"])
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_continues_from_backup(tmp_path):
+    flags = [
+        "--mini_batch_size=8",
+        "--num_batches=1500",
+        "--optimizer=adam",
+        "--print_freq=500",
+        "--backup_every=100",
+    ]
+    ref_out = tmp_path / "ref.npz"
+    proc = subprocess.run(
+        job(ref_out, *flags, f"--run_dir={tmp_path}/ref"),
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    backup = tmp_path / "backup"
+    out = tmp_path / "resumed.npz"
+    cmd = job(out, *flags, f"--backup_dir={backup}", f"--run_dir={tmp_path}/run")
+    victim = subprocess.Popen(
+        cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and victim.poll() is None:
+        index = backup / "checkpoint"
+        if index.exists() and re.search(r"ckpt-(\d*[1-9]\d\d)", index.read_text()):
+            break
+        time.sleep(0.02)
+    assert victim.poll() is None, "the run ended before it could be killed"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not out.exists()
+
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = re.search(r"Resumed from backup .* at step (\d+)", proc.stdout)
+    assert resumed, proc.stdout[-2000:]
+    step = int(resumed[1])
+    assert 100 <= step < 1500 and step % 100 == 0
+    # Only the steps after the backup were run again...
+    printed = [int(m) for m in re.findall(r"Finished training it (\d+)/1500", proc.stdout)]
+    assert printed and min(printed) > step
+    # ...and they reproduce the uninterrupted run.
+    got, got_steps = weights(out)
+    want, want_steps = weights(ref_out)
+    assert got_steps == want_steps == 1500
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_best_model_and_inference_only(tmp_path):
+    best = tmp_path / "best.keras"
+    common = [
+        "--mini_batch_size=16",
+        "--num_batches=20",
+        "--test_freq=10",
+        "--print_freq=10",
+        "--loss_function=bce",
+        "--round_targets",
+        "--optimizer=adagrad",
+    ]
+    proc = subprocess.run(
+        job(tmp_path / "a.npz", *common, f"--save_model={best}", f"--run_dir={tmp_path}/a"),
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tests = re.findall(r"Testing at - .* loss (\S+), auc (\S+),", proc.stdout)
+    assert len(tests) == 2
+    info = json.loads((tmp_path / "best.keras.json").read_text())
+    best_auc = max(float(auc) for _, auc in tests)
+    assert info["test"]["auc"] == pytest.approx(best_auc, abs=5e-5)
+    assert info["step"] in (10, 20)
+
+    proc = subprocess.run(
+        job(
+            tmp_path / "b.npz",
+            *common,
+            f"--load_model={best}",
+            "--inference_only",
+            f"--run_dir={tmp_path}/b",
+        ),
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = re.findall(r"Testing at - .* loss (\S+), auc (\S+),", proc.stdout)
+    assert len(again) == 1
+    assert float(again[0][1]) == pytest.approx(info["test"]["auc"], abs=5e-5)
+    assert float(again[0][0].rstrip(",")) == pytest.approx(info["test"]["loss"], abs=5e-6)
+    assert "Finished training" not in proc.stdout
