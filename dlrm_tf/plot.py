@@ -28,7 +28,8 @@ def plot_history(history: list[dict], path: str) -> str | None:
         ax.set_xlabel("iteration")
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

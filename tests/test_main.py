@@ -63,6 +63,19 @@ def test_tiny_run_is_deterministic_for_a_seed(tmp_path):
     assert outs[0] == outs[1]
 
 
+def test_trace_driven_synthetic_run(tmp_path):
+    proc = run_cli(
+        f"--flagfile={os.path.join(ROOT, 'configs', 'tiny.flags')}",
+        "--data_generation=synthetic",
+        f"--data_trace_file={os.path.join(ROOT, 'input', 'dist_emb_j.log')}",
+        "--num_indices_per_lookup=3",
+        f"--run_dir={tmp_path}/run",
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len([ln for ln in proc.stdout.splitlines() if TRAIN_LINE.match(ln)]) == 3
+
+
 @pytest.fixture
 def cli(capsys, tmp_path):
     """Runs main() in-process with the given flags; returns (exit code, stderr)."""
