@@ -1,0 +1,135 @@
+"""Serving latency and throughput of an exported DLRM SavedModel.
+
+Builds a model of the Kaggle shape (d=16, bottom MLP 13-512-256-64-16, top MLP
+512-256-1, the 26 Kaggle tables capped at ``--max_rows`` rows), exports it with
+``export.saved_model.export_model``, loads it back with ``tf.saved_model.load``
+and times calls of its ``serving_default`` signature, one request at a time,
+for each batch size. ``--export_dir`` times an existing SavedModel instead.
+
+Prints one line per batch size, then (last line) one JSON object with
+``p50_ms_b{B}``, ``p99_ms_b{B}`` and ``examples_per_s_b{B}`` for every batch
+size ``B``.
+
+    python -m bench.serving [--batch_sizes=1,64,2048] [--min_seconds=3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+KAGGLE_TABLE_SIZES = (
+    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
+    27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
+)  # fmt: skip
+NUM_DENSE = 13
+
+
+def export_bench_model(export_base: str, max_rows: int, seed: int) -> str:
+    """Exports a Kaggle-shaped DLRM with tables capped at ``max_rows``; returns the version dir."""
+    import keras
+
+    from dlrm_tf.config import ModelConfig
+    from dlrm_tf.model import build_model
+    from export.saved_model import export_model
+
+    keras.utils.set_random_seed(seed)
+    config = ModelConfig(
+        embedding_dim=16,
+        table_sizes=tuple(min(n, max_rows) for n in KAGGLE_TABLE_SIZES),
+        bottom_mlp=(NUM_DENSE, 512, 256, 64, 16),
+        top_mlp=(512, 256, 1),
+    )
+    return export_model(build_model(config), export_base)
+
+
+def time_signature(
+    fn, table_sizes: Sequence[int], batch: int, min_seconds: float, min_calls: int, seed: int
+) -> dict[str, float]:
+    """Times ``fn`` on random valid one-hot batches; returns p50/p99 (ms) and examples/s."""
+    rng = np.random.default_rng(seed)
+    sizes = np.asarray(table_sizes, dtype=np.int64)
+    requests = []
+    for _ in range(4):
+        dense = rng.uniform(0, 5, size=(batch, NUM_DENSE)).astype(np.float32)
+        ids = np.minimum((rng.random((batch, len(sizes))) * sizes).astype(np.int64), sizes - 1)
+        requests.append({"dense_features": tf.constant(dense), "sparse_features": tf.constant(ids)})
+    for request in requests * 3:  # warm-up
+        fn(**request)["probability"].numpy()
+
+    latencies = []
+    start = time.perf_counter()
+    while len(latencies) < min_calls or time.perf_counter() - start < min_seconds:
+        request = requests[len(latencies) % len(requests)]
+        t0 = time.perf_counter()
+        fn(**request)["probability"].numpy()
+        latencies.append(time.perf_counter() - t0)
+    total = time.perf_counter() - start
+    ms = np.asarray(latencies) * 1e3
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "examples_per_s": batch * len(latencies) / total,
+        "calls": len(latencies),
+    }
+
+
+def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch_sizes", default="1,64,2048")
+    parser.add_argument("--max_rows", type=int, default=100_000, help="cap on each table's rows")
+    parser.add_argument("--min_seconds", type=float, default=3.0, help="timing per batch size")
+    parser.add_argument("--min_calls", type=int, default=100)
+    parser.add_argument("--export_dir", default=None, help="time this SavedModel instead")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the benchmark; the last line printed is the JSON summary."""
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    tmp = None
+    try:
+        if args.export_dir:
+            path = args.export_dir
+        else:
+            tmp = tempfile.mkdtemp(prefix="dlrm-serving-bench-")
+            path = export_bench_model(tmp, args.max_rows, args.seed)
+        loaded = tf.saved_model.load(path)
+        fn = loaded.signatures["serving_default"]
+        with open(os.path.join(path, "assets.extra", "export_info.json")) as f:
+            table_sizes = json.load(f)["model_config"]["table_sizes"]
+        summary: dict[str, float | str] = {}
+        for batch in batch_sizes:
+            r = time_signature(fn, table_sizes, batch, args.min_seconds, args.min_calls, args.seed)
+            print(
+                f"batch {batch:5d}: p50 {r['p50_ms']:8.3f} ms  p99 {r['p99_ms']:8.3f} ms  "
+                f"{r['examples_per_s']:12.0f} examples/s  ({r['calls']} calls)",
+                flush=True,
+            )
+            summary[f"p50_ms_b{batch}"] = round(r["p50_ms"], 4)
+            summary[f"p99_ms_b{batch}"] = round(r["p99_ms"], 4)
+            summary[f"examples_per_s_b{batch}"] = round(r["examples_per_s"], 1)
+        summary["max_rows"] = args.max_rows
+        summary["cpus"] = os.cpu_count() or 0
+        summary["tf_version"] = tf.__version__
+        print(json.dumps(summary))
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
