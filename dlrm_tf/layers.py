@@ -57,6 +57,30 @@ for _cls in (ReferenceLinearInit, ReferenceBiasInit, ReferenceEmbeddingInit):
     keras.saving.register_keras_serializable(package=PACKAGE)(_cls)
 
 
+def replica_local_variable(variable):
+    """The component of a distributed variable that belongs to the current replica.
+
+    Under a ``tf.distribute`` strategy a table is a ``MirroredVariable``;
+    ``embedding_lookup_sparse`` converts such a variable to a dense tensor (a read
+    of the whole table every step) where a plain resource variable is gathered
+    row by row. In a replica context (or inside ``strategy.extended.update``) the
+    distributed variable's ``handle`` is that of the current replica's own
+    component, so the component with that handle is returned: a plain
+    ``tf.Variable`` on this replica's device. Anything else (a plain variable,
+    a cross-replica context, packed variables) comes back unchanged.
+    """
+    if not isinstance(variable, tf.distribute.DistributedValues):
+        return variable
+    try:
+        handle = variable.handle
+    except ValueError:  # cross-replica context: no current replica
+        return variable
+    for component in variable.distribute_strategy.experimental_local_results(variable):
+        if component.handle is handle:
+            return component
+    return variable
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class EmbeddingBags(keras.layers.Layer):
     """One embedding table per sparse feature, each bag reduced by a sum.
@@ -70,8 +94,9 @@ class EmbeddingBags(keras.layers.Layer):
     Output: ``[B, T, d]``, the sum of each bag's rows.
 
     The lookup goes through ``tf.nn.embedding_lookup_sparse`` (sum combiner) on
-    the table variable itself, which gathers only the rows in the batch; the
-    gradient is an ``IndexedSlices`` over the batch's unique ids.
+    the table variable itself (under a ``tf.distribute`` strategy, the current
+    replica's own copy), which gathers only the rows in the batch; the gradient
+    is an ``IndexedSlices`` over the batch's unique ids.
     """
 
     def __init__(
@@ -105,6 +130,9 @@ class EmbeddingBags(keras.layers.Layer):
                 initializer=ReferenceEmbeddingInit(),
                 dtype="float32",
                 trainable=True,
+                # Under a mixed-precision policy, autocast would cast the whole table
+                # each step; the lookup reads float32 rows and casts only the result.
+                autocast=False,
             )
             for t, rows in enumerate(self.table_sizes)
         ]
@@ -142,9 +170,11 @@ class EmbeddingBags(keras.layers.Layer):
 
     def _lookup(self, t: int, sp_ids: tf.SparseTensor) -> tf.Tensor:
         """Sum of the rows of table ``t`` for each bag; rows past the last non-empty bag absent."""
-        table = self.tables[t].value
+        table = replica_local_variable(self.tables[t].value)
         # Unit weights keep embedding_lookup_sparse on its gather-the-unique-ids path
-        # (ResourceGather on the variable) rather than reading the whole table.
+        # (ResourceGather on the variable, then SegmentSum). Without weights it ends
+        # in a SparseSegmentSum over the whole table, which model.fit's Grappler
+        # pass turns into a whole-table read, so every scatter update copies it.
         weights = tf.SparseTensor(
             sp_ids.indices, tf.ones_like(sp_ids.values, dtype=table.dtype), sp_ids.dense_shape
         )

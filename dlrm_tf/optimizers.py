@@ -1,0 +1,274 @@
+"""Optimizers that update embedding tables sparsely: SGD, Adagrad and (lazy) Adam.
+
+Keras 3's stock Adagrad and Adam apply a ``tf.IndexedSlices`` gradient to the
+whole variable and its slots (a step on a 10^7-row table costs as much as
+updating every row), and they do not sum the repeated ids of a batch before
+their non-linear update. The optimizers here:
+
+* for an ``IndexedSlices`` gradient (an embedding table's), sum the values of
+  repeated ids first (``tf.unique`` + ``tf.math.unsorted_segment_sum``), then
+  gather only those rows of the slots (``sparse_read``, a ``ResourceGather``)
+  and write the variable and its slots back with scatter ops, so no step reads
+  or writes a whole table;
+* for a dense gradient (the MLPs' weights), apply the ordinary dense update of
+  the same algorithm.
+
+The semantics follow PyTorch, which the reference DLRM uses:
+
+* ``sgd``: ``w -= lr * g`` (``torch.optim.SGD`` without momentum).
+* ``adagrad``: ``torch.optim.Adagrad`` with its defaults: accumulator starts
+  at 0, ``acc += g^2; w -= lr * g / (sqrt(acc) + eps)``, ``eps = 1e-10`` outside
+  the square root. Sparse rows: the same on the touched rows only (as torch does
+  for a sparse gradient).
+* ``adam``: lazy Adam. Tables follow ``torch.optim.SparseAdam``: the moments of
+  the touched rows only are updated, with the bias correction of the global
+  step ``t``: ``w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``.
+  Dense variables follow ``torch.optim.Adam``:
+  ``w -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
+
+All three work in ``model.fit`` (also under ``tf.distribute.MirroredStrategy``,
+where the all-reduced table gradient stays an ``IndexedSlices``), take a float
+or a ``keras.optimizers.schedules.LearningRateSchedule``, and are registered for
+``keras.saving`` so a compiled model saves and reloads with its slots.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from dlrm_tf.layers import replica_local_variable
+
+PACKAGE = "dlrm_tf"
+
+OPTIMIZER_NAMES = ("sgd", "adagrad", "adam")
+
+LearningRate = float | keras.optimizers.schedules.LearningRateSchedule
+
+
+def _tf_variable(variable):
+    """The ``tf.Variable`` (or distributed variable) behind a Keras variable."""
+    if isinstance(variable, keras.Variable):
+        return variable.value
+    return variable
+
+
+def deduplicate(gradient: tf.IndexedSlices) -> tuple[tf.Tensor, tf.Tensor]:
+    """Sums the rows of an ``IndexedSlices`` gradient that share an index.
+
+    Args:
+      gradient: a gradient whose ``indices`` may repeat (repeated ids of a batch,
+        or slices concatenated by a cross-replica all-reduce).
+
+    Returns:
+      ``(ids, values)``: the distinct indices and, for each, the sum of its rows.
+    """
+    ids, position = tf.unique(gradient.indices)
+    values = tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(ids)[0])
+    return ids, values
+
+
+class _SparseAwareOptimizer(keras.optimizers.Optimizer):
+    """Dispatches each variable's update to a dense or a sparse (row-wise) rule."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        """Applies one step to ``variable``; row-wise when ``gradient`` is ``IndexedSlices``."""
+        variable = _tf_variable(variable)
+        lr = tf.cast(learning_rate, variable.dtype)
+        if isinstance(gradient, tf.IndexedSlices):
+            gradient = tf.IndexedSlices(
+                tf.cast(gradient.values, variable.dtype), gradient.indices, gradient.dense_shape
+            )
+            self._sparse_update(gradient, variable, lr)
+        else:
+            self._dense_update(tf.cast(gradient, variable.dtype), variable, lr)
+
+    def _step(self, dtype) -> tf.Tensor:
+        """The 1-based number of the step being applied."""
+        return tf.cast(self.iterations + 1, dtype)
+
+    def _slot(self, slots: list, variable) -> tf.Variable:
+        # Under a strategy the slot is a distributed variable, whose reads
+        # (``sparse_read``) are not delegated to a component: take this replica's.
+        return replica_local_variable(_tf_variable(slots[self._get_variable_index(variable)]))
+
+    def _dense_update(self, gradient, variable, lr) -> None:
+        raise NotImplementedError
+
+    def _sparse_update(self, gradient: tf.IndexedSlices, variable, lr) -> None:
+        raise NotImplementedError
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SparseSGD(_SparseAwareOptimizer):
+    """Plain SGD, ``w -= lr * g``; an ``IndexedSlices`` gradient is applied with one scatter.
+
+    The update is linear in ``g``, so repeated ids need no summing first: the
+    scatter adds each of their rows.
+    """
+
+    def __init__(self, learning_rate: LearningRate = 0.01, name: str = "sparse_sgd", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+
+    def _dense_update(self, gradient, variable, lr) -> None:
+        variable.assign_sub(lr * gradient)
+
+    def _sparse_update(self, gradient, variable, lr) -> None:
+        variable.scatter_sub(tf.IndexedSlices(lr * gradient.values, gradient.indices))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SparseAdagrad(_SparseAwareOptimizer):
+    """Adagrad as ``torch.optim.Adagrad``: ``acc += g^2; w -= lr * g / (sqrt(acc) + eps)``.
+
+    For an ``IndexedSlices`` gradient only the touched rows of the variable and
+    of its accumulator are read and written, after summing repeated ids.
+    """
+
+    def __init__(
+        self,
+        learning_rate: LearningRate = 0.01,
+        initial_accumulator_value: float = 0.0,
+        epsilon: float = 1e-10,
+        name: str = "sparse_adagrad",
+        **kwargs,
+    ):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        if initial_accumulator_value < 0.0:
+            raise ValueError(
+                f"initial_accumulator_value must be >= 0, got {initial_accumulator_value}"
+            )
+        self.initial_accumulator_value = float(initial_accumulator_value)
+        self.epsilon = float(epsilon)
+
+    def build(self, var_list) -> None:
+        """Creates one accumulator per variable."""
+        if self.built:
+            return
+        super().build(var_list)
+        self._accumulators = self.add_optimizer_variables(
+            var_list,
+            "accumulator",
+            initializer=keras.initializers.Constant(self.initial_accumulator_value),
+        )
+
+    def _dense_update(self, gradient, variable, lr) -> None:
+        accumulator = self._slot(self._accumulators, variable)
+        accumulator.assign_add(tf.square(gradient))
+        variable.assign_sub(lr * gradient / (tf.sqrt(accumulator.read_value()) + self.epsilon))
+
+    def _sparse_update(self, gradient, variable, lr) -> None:
+        accumulator = self._slot(self._accumulators, variable)
+        ids, grad = deduplicate(gradient)
+        acc_rows = accumulator.sparse_read(ids) + tf.square(grad)
+        accumulator.scatter_update(tf.IndexedSlices(acc_rows, ids))
+        variable.scatter_sub(tf.IndexedSlices(lr * grad / (tf.sqrt(acc_rows) + self.epsilon), ids))
+
+    def get_config(self) -> dict:
+        """The optimizer's configuration (``keras.saving`` format)."""
+        config = super().get_config()
+        config.update(
+            initial_accumulator_value=self.initial_accumulator_value, epsilon=self.epsilon
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SparseAdam(_SparseAwareOptimizer):
+    """Lazy Adam: ``torch.optim.SparseAdam`` for ``IndexedSlices``, ``torch.optim.Adam`` else.
+
+    For a table only the moments of the rows in the batch move (after summing
+    repeated ids); untouched rows keep their moments and weights. The bias
+    correction uses the optimizer's global step.
+    """
+
+    def __init__(
+        self,
+        learning_rate: LearningRate = 0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        name: str = "sparse_adam",
+        **kwargs,
+    ):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        for label, beta in (("beta_1", beta_1), ("beta_2", beta_2)):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"{label} must be in [0, 1), got {beta}")
+        self.beta_1 = float(beta_1)
+        self.beta_2 = float(beta_2)
+        self.epsilon = float(epsilon)
+
+    def build(self, var_list) -> None:
+        """Creates the first and second moments of every variable."""
+        if self.built:
+            return
+        super().build(var_list)
+        self._momentums, self._velocities = self.add_optimizer_variables(
+            var_list, ["momentum", "velocity"]
+        )
+
+    def _bias_corrections(self, dtype) -> tuple[tf.Tensor, tf.Tensor]:
+        step = self._step(dtype)
+        return 1.0 - tf.pow(tf.cast(self.beta_1, dtype), step), 1.0 - tf.pow(
+            tf.cast(self.beta_2, dtype), step
+        )
+
+    def _dense_update(self, gradient, variable, lr) -> None:
+        m = self._slot(self._momentums, variable)
+        v = self._slot(self._velocities, variable)
+        correction_1, correction_2 = self._bias_corrections(variable.dtype)
+        m.assign_add((1.0 - self.beta_1) * (gradient - m.read_value()))
+        v.assign_add((1.0 - self.beta_2) * (tf.square(gradient) - v.read_value()))
+        denominator = tf.sqrt(v.read_value()) / tf.sqrt(correction_2) + self.epsilon
+        variable.assign_sub(lr / correction_1 * m.read_value() / denominator)
+
+    def _sparse_update(self, gradient, variable, lr) -> None:
+        m = self._slot(self._momentums, variable)
+        v = self._slot(self._velocities, variable)
+        correction_1, correction_2 = self._bias_corrections(variable.dtype)
+        ids, grad = deduplicate(gradient)
+        m_rows = self.beta_1 * m.sparse_read(ids) + (1.0 - self.beta_1) * grad
+        v_rows = self.beta_2 * v.sparse_read(ids) + (1.0 - self.beta_2) * tf.square(grad)
+        m.scatter_update(tf.IndexedSlices(m_rows, ids))
+        v.scatter_update(tf.IndexedSlices(v_rows, ids))
+        step_size = lr * tf.sqrt(correction_2) / correction_1
+        variable.scatter_sub(
+            tf.IndexedSlices(step_size * m_rows / (tf.sqrt(v_rows) + self.epsilon), ids)
+        )
+
+    def get_config(self) -> dict:
+        """The optimizer's configuration (``keras.saving`` format)."""
+        config = super().get_config()
+        config.update(beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon)
+        return config
+
+
+_CLASSES = {"sgd": SparseSGD, "adagrad": SparseAdagrad, "adam": SparseAdam}
+
+
+def make_optimizer(
+    name: str, learning_rate: LearningRate, **kwargs
+) -> keras.optimizers.Optimizer:
+    """Creates the optimizer called ``name`` (``sgd``, ``adagrad`` or ``adam``).
+
+    Args:
+      name: one of ``OPTIMIZER_NAMES``.
+      learning_rate: a float or a ``keras.optimizers.schedules.LearningRateSchedule``
+        (evaluated at the optimizer's step count).
+      **kwargs: passed to the optimizer, e.g. ``epsilon``, ``beta_1``, ``clipnorm``.
+
+    Returns:
+      A Keras optimizer whose updates of ``IndexedSlices`` gradients touch only
+      the rows in the batch.
+
+    Raises:
+      ValueError: if ``name`` is unknown.
+    """
+    try:
+        cls = _CLASSES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown optimizer {name!r}: expected one of {OPTIMIZER_NAMES}"
+        ) from None
+    return cls(learning_rate=learning_rate, **kwargs)
