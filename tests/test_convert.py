@@ -1,0 +1,505 @@
+"""Tests of the raw -> TFRecord converter (input_pipeline/convert.py).
+
+Every converted value is checked against an independent pure-Python parse of
+the same lines, and shards are read back without the project's reader.
+"""
+
+import collections
+import gzip
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from input_pipeline import convert, criteo, synthetic
+
+# ---------------------------------------------------------------------------
+# Independent oracle and shard reader.
+
+
+def oracle_rows(lines, categorical):
+    """``categorical(feature, text) -> id``; returns label, dense, ids arrays."""
+    labels, dense, ids = [], [], []
+    for line in lines:
+        fields = line.split("\t")
+        assert len(fields) == 40
+        labels.append(int(fields[0]))
+        dense.append([math.log(max(int(t), 0) + 1) if t else 0.0 for t in fields[1:14]])
+        ids.append([categorical(f, t) for f, t in enumerate(fields[14:])])
+    return (
+        np.array(labels, np.uint8),
+        np.array(dense, np.float64).astype(np.float32).reshape(-1, 13),
+        np.array(ids, np.int64).reshape(-1, 26),
+    )
+
+
+def hashed(max_ind_range):
+    return lambda feature, text: (int(text, 16) if text else 0) % max_ind_range
+
+
+def reference_splits(total):
+    """The reference's rule, restated: 7 days, first total % 7 one longer."""
+    base, extra = divmod(total, 7)
+    days = [base + (d < extra) for d in range(7)]
+    train = sum(days[:6])
+    test = (days[6] + 1) // 2
+    return {"train": train, "test": test, "validation": days[6] - test}, days
+
+
+def read_split(data_dir, split):
+    """Rows of a split, reading blocks round-robin over the shards."""
+    with open(os.path.join(data_dir, "metadata.json")) as f:
+        metadata = json.load(f)
+    compression = "GZIP" if metadata["compression"] == "gzip" else ""
+    id_dtype = np.dtype(metadata["record_format"]["id_dtype"]).newbyteorder("<")
+    per_shard = [
+        list(
+            tf.data.TFRecordDataset(
+                os.path.join(data_dir, s["file"]), compression
+            ).as_numpy_iterator()
+        )
+        for s in metadata["shards"][split]
+    ]
+    labels, dense, ids = [], [], []
+    for k in range(max((len(r) for r in per_shard), default=0)):
+        for records in per_shard:
+            if k < len(records):
+                feature = tf.train.Example.FromString(records[k]).features.feature
+                n = feature["num_rows"].int64_list.value[0]
+                labels.append(np.frombuffer(feature["label"].bytes_list.value[0], np.uint8))
+                dense.append(
+                    np.frombuffer(feature["dense"].bytes_list.value[0], "<f4").reshape(n, 13)
+                )
+                ids.append(
+                    np.frombuffer(feature["ids"].bytes_list.value[0], id_dtype).reshape(n, 26)
+                )
+    if not labels:
+        return np.zeros(0, np.uint8), np.zeros((0, 13), np.float32), np.zeros((0, 26), np.int64)
+    return np.concatenate(labels), np.concatenate(dense), np.concatenate(ids).astype(np.int64)
+
+
+def assert_rows_equal(actual, expected):
+    np.testing.assert_array_equal(actual[0], expected[0])
+    np.testing.assert_array_max_ulp(actual[1], expected[1], 1)
+    np.testing.assert_array_equal(actual[2], expected[2])
+
+
+def sort_rows(rows):
+    label, dense, ids = rows
+    key = np.concatenate([label[:, None].astype(np.float64), dense, ids], axis=1)
+    order = np.lexsort(key.T[::-1])
+    return label[order], dense[order], ids[order]
+
+
+def write_lines(path, lines, newline="\n", final_newline=True):
+    text = newline.join(lines) + (newline if final_newline else "")
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(text.encode())
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def lines():
+    return synthetic.generate(3001, seed=11).lines()
+
+
+@pytest.fixture()
+def raw_file(tmp_path, lines):
+    return write_lines(tmp_path / "train.txt", lines)
+
+
+# ---------------------------------------------------------------------------
+# Round trips.
+
+
+def test_hash_round_trip_every_value(tmp_path, raw_file, lines):
+    out = tmp_path / "out"
+    metadata = convert.convert(
+        "kaggle",
+        raw_file,
+        out,
+        max_ind_range=1000,
+        data_randomize="none",
+        num_shards=3,
+        block_rows=128,
+    )
+    sizes, _ = reference_splits(len(lines))
+    assert metadata["rows"] == sizes
+    assert metadata["table_sizes"] == [1000] * 26
+    assert metadata["preprocessing"]["categorical"] == "hash"
+    expected = oracle_rows(lines, hashed(1000))
+    start = 0
+    for split in ("train", "test", "validation"):
+        stop = start + sizes[split]
+        got = read_split(out, split)
+        assert_rows_equal(got, tuple(a[start:stop] for a in expected))
+        start = stop
+    on_disk = json.loads((out / "metadata.json").read_text())
+    assert on_disk["format_version"] == 1 and on_disk["data_set"] == "kaggle"
+    assert on_disk["num_dense"] == 13 and on_disk["num_sparse"] == 26
+    assert [s["file"] for s in on_disk["shards"]["train"]] == [
+        f"train-0000{i}-of-00003.tfrecord" for i in range(3)
+    ]
+    assert on_disk["sources"] == [
+        {"path": raw_file, "bytes": os.path.getsize(raw_file), "lines": 3001}
+    ]
+    assert on_disk["bad_lines"]["skipped"] == 0 and on_disk["block_rows"] == 128
+    assert sorted(os.listdir(tmp_path)) == ["out", "train.txt"]  # no temporary leftovers
+
+
+def vocabulary_oracle(train_lines, threshold, max_ind_range=0):
+    counts = [collections.Counter() for _ in range(26)]
+    for line in train_lines:
+        for f, text in enumerate(line.split("\t")[14:]):
+            if text:
+                value = int(text, 16)
+                counts[f][value % max_ind_range if max_ind_range else value] += 1
+    vocabularies = []
+    for counter in counts:
+        kept = [(-c, v) for v, c in counter.items() if c >= threshold]
+        vocabularies.append([v for _, v in sorted(kept)])
+    positions = [{v: i for i, v in enumerate(vocab)} for vocab in vocabularies]
+
+    def categorical(feature, text):
+        if not text:
+            return 1
+        value = int(text, 16) % max_ind_range if max_ind_range else int(text, 16)
+        return 2 + positions[feature][value] if value in positions[feature] else 0
+
+    return vocabularies, categorical
+
+
+@pytest.mark.parametrize(("threshold", "max_ind_range"), [(1, 0), (3, 0), (2, 500)])
+def test_vocabulary_round_trip(tmp_path, raw_file, lines, threshold, max_ind_range):
+    out = tmp_path / "out"
+    metadata = convert.convert(
+        "kaggle",
+        raw_file,
+        out,
+        frequency_threshold=threshold,
+        max_ind_range=max_ind_range,
+        data_randomize="none",
+        num_shards=2,
+    )
+    sizes, _ = reference_splits(len(lines))
+    vocabularies, categorical = vocabulary_oracle(lines[: sizes["train"]], threshold, max_ind_range)
+    assert metadata["table_sizes"] == [2 + len(v) for v in vocabularies]
+    for f, path in enumerate(metadata["vocabulary_files"]):
+        assert (out / path).read_text().split() == [str(v) for v in vocabularies[f]]
+    expected = oracle_rows(lines, categorical)
+    start = 0
+    for split in ("train", "test", "validation"):
+        stop = start + sizes[split]
+        assert_rows_equal(read_split(out, split), tuple(a[start:stop] for a in expected))
+        start = stop
+    # The serving preprocessor built from the metadata agrees with the converter.
+    pre = criteo.RawPreprocessor.from_metadata(str(out))
+    dense, ids = pre(tf.constant([line.split("\t")[1:] for line in lines]))
+    got = read_split(out, "train")
+    np.testing.assert_array_equal(ids.numpy()[: sizes["train"]], got[2])
+    np.testing.assert_array_equal(dense.numpy()[: sizes["train"]], got[1])
+
+
+def test_raw_preprocessor_agrees_with_converter_hash(tmp_path, raw_file, lines):
+    out = tmp_path / "out"
+    convert.convert("kaggle", raw_file, out, max_ind_range=977, data_randomize="none")
+    pre = criteo.RawPreprocessor.from_metadata(str(out))
+    dense, ids = pre(tf.constant([line.split("\t")[1:] for line in lines]))
+    converted = [read_split(out, s) for s in ("train", "test", "validation")]
+    np.testing.assert_array_equal(np.concatenate([c[1] for c in converted]), dense.numpy())
+    np.testing.assert_array_equal(np.concatenate([c[2] for c in converted]), ids.numpy())
+
+
+@pytest.mark.parametrize("total", [1, 6, 7, 8, 13, 20, 51, 100])
+def test_split_sizes_follow_reference_rule(tmp_path, total):
+    lines = synthetic.generate(total, seed=total).lines()
+    raw = write_lines(tmp_path / "train.txt", lines)
+    metadata = convert.convert(
+        "kaggle", raw, tmp_path / "out", max_ind_range=10, data_randomize="none"
+    )
+    sizes, _ = reference_splits(total)
+    assert metadata["rows"] == sizes
+    labels = np.array([int(line[0]) for line in lines], np.uint8)
+    assert (
+        read_split(tmp_path / "out", "validation")[0].tolist()
+        == labels[total - sizes["validation"] :].tolist()
+    )
+
+
+def test_terabyte_days(tmp_path):
+    days = [synthetic.generate(n, seed=i).lines() for i, n in enumerate((40, 31, 25))]
+    directory = tmp_path / "raw"
+    directory.mkdir()
+    # day_10 sorts after day_2 by day number, not by name.
+    for name, day in zip(("day_0.gz", "day_2", "day_10"), days, strict=True):
+        write_lines(directory / name, day)
+    metadata = convert.convert(
+        "terabyte", directory, tmp_path / "out", max_ind_range=100, data_randomize="none"
+    )
+    assert metadata["rows"] == {"train": 71, "test": 13, "validation": 12}
+    assert [os.path.basename(s["path"]) for s in metadata["sources"]] == [
+        "day_0.gz",
+        "day_2",
+        "day_10",
+    ]
+    expected = oracle_rows(days[0] + days[1] + days[2], hashed(100))
+    assert_rows_equal(read_split(tmp_path / "out", "train"), tuple(a[:71] for a in expected))
+    assert_rows_equal(read_split(tmp_path / "out", "test"), tuple(a[71:84] for a in expected))
+
+
+def test_gzip_input_and_output(tmp_path, lines):
+    raw = write_lines(tmp_path / "train.txt.gz", lines)
+    metadata = convert.convert(
+        "kaggle",
+        raw,
+        tmp_path / "out",
+        max_ind_range=1000,
+        data_randomize="none",
+        compression="gzip",
+    )
+    assert all(s["file"].endswith(".tfrecord.gz") for s in metadata["shards"]["train"])
+    sizes, _ = reference_splits(len(lines))
+    expected = oracle_rows(lines[: sizes["train"]], hashed(1000))
+    assert_rows_equal(read_split(tmp_path / "out", "train"), expected)
+
+
+# ---------------------------------------------------------------------------
+# Shuffling and sub-sampling.
+
+
+@pytest.mark.parametrize("mode", ["total", "day"])
+def test_randomize_is_a_permutation_of_training_rows(tmp_path, raw_file, lines, mode):
+    metadata = convert.convert(
+        "kaggle", raw_file, tmp_path / "out", max_ind_range=1000, data_randomize=mode
+    )
+    sizes, days = reference_splits(len(lines))
+    expected = oracle_rows(lines, hashed(1000))
+    got = read_split(tmp_path / "out", "train")
+    assert_rows_equal(sort_rows(got), sort_rows(tuple(a[: sizes["train"]] for a in expected)))
+    assert not np.array_equal(got[2], expected[2][: sizes["train"]])  # really shuffled
+    # Test and validation keep file order.
+    test = read_split(tmp_path / "out", "test")
+    assert_rows_equal(
+        test, tuple(a[sizes["train"] : sizes["train"] + sizes["test"]] for a in expected)
+    )
+    if mode == "day":
+        start = 0
+        for day in days[:6]:
+            segment = tuple(a[start : start + day] for a in got)
+            assert_rows_equal(
+                sort_rows(segment), sort_rows(tuple(a[start : start + day] for a in expected))
+            )
+            start += day
+    assert metadata["preprocessing"]["data_randomize"] == mode
+
+
+def test_shuffle_buckets_split_when_too_large(tmp_path, raw_file, lines, monkeypatch):
+    monkeypatch.setattr(convert, "SPILL_BUCKET_ROWS", 100)
+    monkeypatch.setattr(convert, "SPILL_BUFFER_BYTES", 10_000)
+    sizes, _ = reference_splits(len(lines))
+    # Too few buckets planned: the spill must split them again.
+    original = convert._ShuffleSpill.start_group
+    monkeypatch.setattr(
+        convert._ShuffleSpill,
+        "start_group",
+        lambda self, group, rows: original(self, group, rows // 20),
+    )
+    convert.convert(
+        "kaggle", raw_file, tmp_path / "out", max_ind_range=1000, data_randomize="total"
+    )
+    expected = oracle_rows(lines[: sizes["train"]], hashed(1000))
+    assert_rows_equal(sort_rows(read_split(tmp_path / "out", "train")), sort_rows(expected))
+
+
+def test_sub_sampling_drops_only_training_negatives(tmp_path, raw_file, lines):
+    kwargs = dict(max_ind_range=1000, data_randomize="none", data_sub_sample_rate=0.5, seed=5)
+    metadata = convert.convert("kaggle", raw_file, tmp_path / "a", **kwargs)
+    sizes, _ = reference_splits(len(lines))
+    expected = oracle_rows(lines, hashed(1000))
+    train_labels = expected[0][: sizes["train"]]
+    got = read_split(tmp_path / "a", "train")
+    positives, negatives = int(train_labels.sum()), int((train_labels == 0).sum())
+    assert int(got[0].sum()) == positives
+    kept = int((got[0] == 0).sum())
+    assert abs(kept - negatives / 2) < 4 * math.sqrt(negatives / 4)
+    # The kept rows are a subsequence of the training rows, in order.
+    positive_rows = expected[2][: sizes["train"]][train_labels == 1]
+    np.testing.assert_array_equal(got[2][got[0] == 1], positive_rows)
+    assert (
+        metadata["rows"]["test"] == sizes["test"]
+        and metadata["rows"]["validation"] == sizes["validation"]
+    )
+    again = convert.convert("kaggle", raw_file, tmp_path / "b", **kwargs)
+    assert again["rows"] == metadata["rows"]
+    np.testing.assert_array_equal(read_split(tmp_path / "b", "train")[2], got[2])
+
+
+# ---------------------------------------------------------------------------
+# Bad input.
+
+
+def _bad_line_cases(good):
+    fields = good.split("\t")
+
+    def replace(index, value):
+        copy = list(fields)
+        copy[index] = value
+        return "\t".join(copy)
+
+    return {
+        "wrong field count": ("\t".join(fields[:-1]), "expected 40 tab-separated fields, found 39"),
+        "non-integer count": (replace(3, "12x"), "field I3 '12x' is not an integer count"),
+        "non-hex categorical": (replace(20, "zz11"), "field C7 'zz11' is not a hexadecimal"),
+        "label not 0/1": (replace(0, "2"), "label '2' is not 0 or 1"),
+        "empty line": ("", "expected 40 tab-separated fields, found 1"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "wrong field count",
+        "non-integer count",
+        "non-hex categorical",
+        "label not 0/1",
+        "empty line",
+    ],
+)
+def test_bad_line_error_names_file_and_line(tmp_path, lines, case):
+    bad, message = _bad_line_cases(lines[0])[case]
+    raw = write_lines(tmp_path / "train.txt", lines[:40] + [bad] + lines[40:60])
+    with pytest.raises(convert.BadInputError) as error:
+        convert.convert("kaggle", raw, tmp_path / "out", max_ind_range=10)
+    assert str(error.value).startswith(f"{raw}:41: ")
+    assert message in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_lines_skip_counts_and_keeps_boundaries(tmp_path, lines):
+    cases = _bad_line_cases(lines[0])
+    body = list(lines[:70])
+    for k, (bad, _) in enumerate(cases.values()):
+        body[3 + 5 * k] = bad  # all in day 0 (train)
+    raw = write_lines(tmp_path / "train.txt", body)
+    metadata = convert.convert(
+        "kaggle", raw, tmp_path / "out", max_ind_range=10, bad_lines="skip", data_randomize="none"
+    )
+    sizes, _ = reference_splits(70)
+    assert metadata["bad_lines"]["skipped"] == len(cases)
+    assert metadata["rows"] == {**sizes, "train": sizes["train"] - len(cases)}
+    assert metadata["bad_lines"]["examples"][0].startswith(f"{raw}:4: ")
+    good = [line for i, line in enumerate(body[: sizes["train"]]) if i not in {3, 8, 13, 18, 23}]
+    assert_rows_equal(read_split(tmp_path / "out", "train"), oracle_rows(good, hashed(10)))
+
+
+def test_crlf_is_accepted(tmp_path, lines):
+    lf = write_lines(tmp_path / "lf.txt", lines[:50])
+    crlf = write_lines(tmp_path / "crlf.txt", lines[:50], newline="\r\n")
+    convert.convert("kaggle", lf, tmp_path / "a", max_ind_range=99, data_randomize="none")
+    convert.convert("kaggle", crlf, tmp_path / "b", max_ind_range=99, data_randomize="none")
+    for split in ("train", "test", "validation"):
+        assert_rows_equal(read_split(tmp_path / "b", split), read_split(tmp_path / "a", split))
+
+
+def test_last_line_without_newline(tmp_path, lines):
+    complete = write_lines(tmp_path / "complete.txt", lines[:30], final_newline=False)
+    metadata = convert.convert("kaggle", complete, tmp_path / "a", max_ind_range=99)
+    assert sum(metadata["rows"].values()) == 30
+    cut = lines[29][: len(lines[29]) // 2]
+    truncated = write_lines(tmp_path / "truncated.txt", lines[:29] + [cut], final_newline=False)
+    with pytest.raises(convert.BadInputError, match=r"truncated.txt:30: expected 40"):
+        convert.convert("kaggle", truncated, tmp_path / "b", max_ind_range=99)
+
+
+def test_empty_and_missing_files(tmp_path):
+    empty = tmp_path / "train.txt"
+    empty.write_bytes(b"")
+    with pytest.raises(convert.BadInputError, match="empty file"):
+        convert.convert("kaggle", str(empty), tmp_path / "out", max_ind_range=10)
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        convert.convert("kaggle", str(tmp_path / "nope.txt"), tmp_path / "out", max_ind_range=10)
+    with pytest.raises(FileNotFoundError, match=r"day_\*"):
+        convert.convert("terabyte", str(tmp_path / "day_*"), tmp_path / "out", max_ind_range=10)
+    assert sorted(os.listdir(tmp_path)) == ["train.txt"]
+
+
+def test_truncated_gzip(tmp_path, lines):
+    raw = write_lines(tmp_path / "train.txt.gz", lines)
+    data = open(raw, "rb").read()
+    with open(raw, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(convert.BadInputError, match=r"train.txt.gz: truncated or corrupt gzip"):
+        convert.convert("kaggle", raw, tmp_path / "out", max_ind_range=10)
+    assert sorted(os.listdir(tmp_path)) == ["train.txt.gz"]
+
+
+# ---------------------------------------------------------------------------
+# Atomicity and reruns.
+
+
+def test_failure_leaves_no_output_and_keeps_existing(tmp_path, raw_file, monkeypatch):
+    out = tmp_path / "out"
+    first = convert.convert("kaggle", raw_file, out, max_ind_range=10, data_randomize="none")
+    before = {p: (out / p).read_bytes() for p in os.listdir(out)}
+
+    calls = []
+    real = convert.serialize_block
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(convert, "serialize_block", failing)
+    with pytest.raises(OSError, match="disk full"):
+        convert.convert(
+            "kaggle",
+            raw_file,
+            out,
+            max_ind_range=20,
+            data_randomize="none",
+            block_rows=64,
+            overwrite=True,
+        )
+    assert {p: (out / p).read_bytes() for p in os.listdir(out)} == before
+    with pytest.raises(OSError, match="disk full"):
+        calls.clear()
+        convert.convert("kaggle", raw_file, tmp_path / "fresh", max_ind_range=20, block_rows=64)
+    assert sorted(os.listdir(tmp_path)) == ["out", "train.txt"]
+    assert first["table_sizes"] == [10] * 26
+
+
+def test_existing_output_is_refused_unless_overwrite(tmp_path, raw_file):
+    out = tmp_path / "out"
+    convert.convert("kaggle", raw_file, out, max_ind_range=10)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        convert.convert("kaggle", raw_file, out, max_ind_range=20)
+    metadata = convert.convert("kaggle", raw_file, out, max_ind_range=20, overwrite=True)
+    assert (
+        json.loads((out / "metadata.json").read_text())["table_sizes"]
+        == metadata["table_sizes"]
+        == [20] * 26
+    )
+    assert sorted(os.listdir(tmp_path)) == ["out", "train.txt"]
+
+
+def test_cli(tmp_path, lines):
+    raw = write_lines(tmp_path / "train.txt", lines[:100])
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "input_pipeline.convert", "--data_set=kaggle",
+            f"--raw_data_file={raw}", f"--output_dir={tmp_path / 'out'}", "--max_ind_range=50",
+            "--num_shards=2", "--data_randomize=day",
+        ],
+        capture_output=True, text=True, check=False, cwd=os.path.dirname(os.path.dirname(__file__)),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["rows"] == reference_splits(100)[0]
