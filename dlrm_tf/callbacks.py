@@ -12,6 +12,10 @@ import numpy as np
 import tensorflow as tf
 
 
+class TrainingDivergedError(ValueError):
+    """The training loss became NaN or infinite."""
+
+
 def format_train_line(it: int, total: int, epoch: int, ms: float, loss: float, acc: float) -> str:
     """The reference's training line."""
     return (
@@ -104,6 +108,11 @@ class ReferenceLogger(keras.callbacks.Callback):
         if it % self.print_freq == 0 or last:
             examples = seen - self._window_examples
             loss = (total_loss - self._window_sum_loss) / examples
+            if not np.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"the training loss became {loss} by iteration {it} of epoch {self.epoch}: "
+                    "training diverged; lower --learning_rate (or add warm-up steps)"
+                )
             acc = (total_acc - self._window_sum_acc) / examples
             elapsed = time.perf_counter() - self._window_start
             ms = 1000.0 * elapsed / self._window_iters if self.print_time else -1.0

@@ -9,6 +9,10 @@ import os
 import sys
 import time
 
+# TensorFlow's C++ start-up chatter (CUDA probing on CPU machines) hides the run's own
+# output; TF_CPP_MIN_LOG_LEVEL=0 in the environment brings it back.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 from absl import app, flags, logging
 
 from dlrm_tf import flags as dlrm_flags  # noqa: F401  (defines the flags)
@@ -130,23 +134,38 @@ def train_config_from_flags(run_dir: str) -> TrainConfig:
 
 
 def _prepare_generated_criteo(data_dir: str, rows: int, seed: int) -> None:
-    """Generates Criteo-shaped text and converts it, unless ``data_dir`` already holds data."""
+    """Generates Criteo-shaped text with a planted signal and converts it into ``data_dir``.
+
+    Does nothing if ``data_dir`` already holds converted data. Prints the AUC of
+    the planted (Bayes-optimal) model on the test split: the ceiling training
+    can approach.
+    """
     if os.path.exists(os.path.join(data_dir, "metadata.json")):
         print(f"Using the converted data already in {data_dir}")
         return
     from input_pipeline import convert, synthetic
 
     raw = os.path.join(os.path.dirname(os.path.abspath(data_dir)), "generated_train.txt")
+    os.makedirs(os.path.dirname(raw), exist_ok=True)
     started = time.time()
-    synthetic.write_file(raw, num_rows=rows, seed=seed)
+    written = synthetic.write_text(raw, num_rows=rows, seed=seed)
     print(f"Generated {rows:,} Criteo-shaped rows with a planted signal: {raw}")
-    convert.convert(
-        raw_data_file=raw,
-        output_dir=data_dir,
-        data_set="kaggle",
-        max_ind_range=FLAGS.max_ind_range if FLAGS.max_ind_range > 0 else None,
+    metadata = convert.convert(
+        "kaggle",
+        raw,
+        data_dir,
+        max_ind_range=max(FLAGS.max_ind_range, 0),
+        block_rows=1024,
     )
-    print(f"Converted them to TFRecords in {data_dir} ({time.time() - started:.1f} s)")
+    # The test split is the first half of the last of 7 "days", in file order.
+    days = convert.kaggle_day_sizes(rows)
+    start = sum(days[:6])
+    test = slice(start, start + days[6] // 2)
+    ceiling = synthetic.oracle_auc(written.probabilities[test], written.labels[test])
+    print(
+        f"Converted them to TFRecords in {data_dir} ({time.time() - started:.1f} s): "
+        f"{metadata['rows']}; the planted model's test AUC (the ceiling) is {ceiling:.4f}"
+    )
 
 
 def execute():
