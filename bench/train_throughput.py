@@ -83,6 +83,9 @@ def dense_only_rate(model, batch: int, steps: int, warmup: int) -> float:
 
 def main(argv) -> int:
     del argv
+    if FLAGS.data_generation == "dataset":
+        # Table sizes come from the data; the flag file's random-data sizes do not apply.
+        FLAGS["arch_embedding_size"].present = 0
     data_config = cli.data_config_from_flags()
     run_dir = FLAGS.run_dir or "runs/bench"
     train_config = cli.train_config_from_flags(run_dir)
@@ -108,8 +111,8 @@ def main(argv) -> int:
         return 2
     seconds = timer.end - timer.start
     rate = batch * timer.timed / seconds
-    with strategy.scope():
-        dense_rate = dense_only_rate(model, batch, FLAGS.bench_steps, 5)
+    # The baseline runs on one device: a fresh copy of the model outside the strategy.
+    dense_rate = dense_only_rate(build_model(model_config), batch, FLAGS.bench_steps, 5)
     result = {
         "samples_per_s": round(rate, 1),
         "ms_per_step": round(1000 * seconds / timer.timed, 3),

@@ -211,7 +211,7 @@ class ProfileCallback(keras.callbacks.Callback):
         super().__init__()
         self.log_dir = log_dir
         self.start = start
-        self.stop = start + num_steps
+        self.stop = start + num_steps - 1  # the last profiled step (1-based)
         self.done = False
         self._running = False
 

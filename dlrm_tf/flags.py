@@ -82,6 +82,18 @@ flags.DEFINE_string("tensorboard_dir", "", "TensorBoard logs (default <run_dir>/
 flags.DEFINE_string("backup_dir", "", "Crash-safe backups; a rerun resumes from the last one.")
 flags.DEFINE_integer("backup_every", 1000, "Steps between backups.")
 flags.DEFINE_string("export_dir", "", "Export a SavedModel for TF Serving here after training.")
+flags.DEFINE_bool(
+    "plot_compute_graph",
+    False,
+    "Draw the model's compute graph: <run_dir>/compute_graph.png with pydot + graphviz, "
+    "else a TensorBoard graph in <tensorboard_dir>/graph.",
+)
+flags.DEFINE_string(
+    "save_onnx",
+    "",
+    "Also export the trained model to this .onnx file (needs the 'onnx' extra); "
+    "checked against Keras with onnxruntime.",
+)
 flags.DEFINE_bool("plot", True, "Write a PNG of loss/accuracy/AUC against iterations.")
 
 # --- devices and speed ---

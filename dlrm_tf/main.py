@@ -201,6 +201,21 @@ def execute():
         )
     result = train.run(model_config, train_config, source, strategy)
 
+    if FLAGS.plot_compute_graph:
+        from dlrm_tf.graph_plot import plot_compute_graph
+
+        tb_dir = FLAGS.tensorboard_dir or os.path.join(run_dir, "tensorboard")
+        result.artifacts["compute_graph"] = plot_compute_graph(
+            result.model,
+            os.path.join(run_dir, "compute_graph.png"),
+            log_dir=os.path.join(tb_dir, "graph"),
+        )
+    if FLAGS.save_onnx:
+        from dlrm_tf.onnx_export import save_onnx
+
+        features, _ = source.sample_batches(min(FLAGS.mini_batch_size, 256), 1)[0]
+        result.artifacts["onnx"] = save_onnx(result.model, FLAGS.save_onnx, features)
+
     if FLAGS.export_dir and not FLAGS.inference_only:
         from export.saved_model import export_model
 
@@ -218,9 +233,18 @@ def execute():
 def main(argv: list[str]) -> int:
     """The CLI: runs the job, prints where each artifact went; exit 2 on bad input."""
     del argv
+    from dlrm_tf.onnx_export import OnnxExportError
+
     try:
         result = execute()
-    except (ConfigError, ValueError, FileNotFoundError, MemoryError, DeviceError) as err:
+    except (
+        ConfigError,
+        ValueError,
+        FileNotFoundError,
+        MemoryError,
+        DeviceError,
+        OnnxExportError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for name, path in result.artifacts.items():

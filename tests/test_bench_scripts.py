@@ -1,0 +1,261 @@
+"""The bench/*.sh scripts run end to end (shrunken) and end with one JSON summary line;
+bench/summarize_run.py computes that summary."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+import summarize_run  # noqa: E402
+
+KEYS = {
+    "benchmark",
+    "iterations",
+    "ms_per_it",
+    "ms_per_it_steady",
+    "samples_per_s",
+    "train_loss",
+    "train_accuracy",
+    "test_auc",
+    "test_accuracy",
+    "test_log_loss",
+    "test_loss",
+    "seconds",
+    "history",
+}
+TINY_MODEL = [
+    "--num_batches=3",
+    "--test_num_batches=2",
+    "--mini_batch_size=64",
+    "--test_mini_batch_size=256",
+    "--arch_mlp_bot=13-16",
+    "--arch_sparse_feature_size=16",
+    "--arch_mlp_top=8-1",
+    "--export_dir=",
+    "--save_model=",
+    "--noplot",
+]
+HAVE_PIPELINE = all(
+    importlib.util.find_spec(f"input_pipeline.{m}") is not None for m in ("synthetic", "convert")
+)
+needs_pipeline = pytest.mark.skipif(
+    not HAVE_PIPELINE, reason="input_pipeline.synthetic / input_pipeline.convert are missing"
+)
+
+
+def run_script(name: str, *args: str, env: dict | None = None, cwd=None):
+    full_env = dict(
+        os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHON=sys.executable
+    )
+    full_env.update(env or {})
+    return subprocess.run(
+        ["bash", os.path.join(ROOT, "bench", name), *args],
+        cwd=cwd or ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def summary_of(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(summary) == KEYS
+    return summary
+
+
+# --- summarize_run.py -------------------------------------------------------------------
+
+
+def write_history(path, records, test=None, steps=8, seconds=2.0):
+    with open(path, "w") as f:
+        json.dump({"history": records, "test": test, "steps": steps, "seconds": seconds}, f)
+
+
+def train_record(epoch, it, loss, rate):
+    return {
+        "epoch": epoch,
+        "it": it,
+        "step": it,
+        "train_loss": loss,
+        "train_accuracy": 0.5,
+        "samples_per_s": rate,
+    }
+
+
+def test_parse_log_windows_restart_with_each_epoch():
+    log = "\n".join(
+        [
+            "Finished training it 2/4 of epoch 0, 30.00 ms/it, loss 0.5, accuracy 1.000 %",
+            "Testing at - 2/4 of epoch 0, loss 0.4, auc 0.6000",
+            "Finished training it 4/4 of epoch 0, 10.00 ms/it, loss 0.5, accuracy 1.000 %",
+            "Finished training it 3/4 of epoch 1, 20.00 ms/it, loss 0.5, accuracy 1.000 %",
+            "history: runs/x/history.json",
+        ]
+    )
+    windows, history = summarize_run.parse_log(log)
+    assert windows == [(2, 30.0), (2, 10.0), (3, 20.0)]
+    assert history == "runs/x/history.json"
+
+
+def test_summary_of_a_run(tmp_path):
+    path = tmp_path / "history.json"
+    test = {"auc": 0.75, "accuracy": 0.8, "log_loss": 0.45, "loss": 0.45}
+    # 2 iterations at 100 samples/s, then 6 at 300 samples/s: 8 iterations in 0.04 time units.
+    write_history(path, [train_record(0, 2, 0.7, 100.0), train_record(0, 8, 0.6, 300.0)], test)
+    log = (
+        "Finished training it 2/8 of epoch 0, 40.00 ms/it, loss 0.7, accuracy 50.000 %\n"
+        "Finished training it 8/8 of epoch 0, 10.00 ms/it, loss 0.6, accuracy 50.000 %\n"
+    )
+    summary = summarize_run.summarize(str(path), log, "demo")
+    assert summary["benchmark"] == "demo"
+    assert summary["iterations"] == 8
+    assert summary["ms_per_it"] == pytest.approx((2 * 40 + 6 * 10) / 8)
+    assert summary["ms_per_it_steady"] == pytest.approx(10.0)
+    assert summary["samples_per_s"] == pytest.approx(8 / (2 / 100 + 6 / 300), abs=0.1)
+    assert summary["train_loss"] == 0.6
+    assert (summary["test_auc"], summary["test_log_loss"]) == (0.75, 0.45)
+
+
+def test_summary_without_printed_times_or_test_uses_history(tmp_path):
+    path = tmp_path / "history.json"
+    write_history(path, [train_record(0, 4, float("nan"), 50.0)], steps=4, seconds=2.0)
+    log = "Finished training it 4/4 of epoch 0, -1.00 ms/it, loss nan, accuracy 0.000 %\n"
+    summary = summarize_run.summarize(str(path), log)
+    assert summary["ms_per_it"] == pytest.approx(500.0)  # 2 s / 4 steps
+    assert summary["ms_per_it_steady"] is None
+    assert summary["train_loss"] is None  # NaN is not JSON
+    assert summary["test_auc"] is None and summary["benchmark"] is None
+
+
+def test_summarize_cli_follows_the_history_line_and_fails_without_one(tmp_path, capsys):
+    path = tmp_path / "history.json"
+    write_history(path, [train_record(0, 1, 0.5, 10.0)], steps=1)
+    log = tmp_path / "run.log"
+    log.write_text(f"Finished training it 1/1 of epoch 0, 5.00 ms/it, loss 0.5\nhistory: {path}\n")
+    assert summarize_run.main([f"--log={log}", "--name=x"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert json.loads(line)["history"] == str(path)
+    log.write_text("error: training failed\n")
+    assert summarize_run.main([f"--log={log}"]) == 1
+    assert "no history.json" in capsys.readouterr().err
+
+
+# --- the scripts --------------------------------------------------------------------------
+
+
+def test_dlrm_benchmark_script_with_extra_flags(tmp_path):
+    tables = "-".join(["1000"] * 8)
+    proc = run_script(
+        "dlrm_benchmark.sh",
+        "--num_batches=2",
+        f"--arch_embedding_size={tables}",
+        "--mini_batch_size=256",
+        "--print_freq=1",
+        "--noplot",
+        env={"RUN_DIR": str(tmp_path / "run")},
+    )
+    summary = summary_of(proc)
+    # The appended --num_batches=2 wins over the script's default.
+    assert summary["iterations"] == 2
+    assert summary["benchmark"] == "dlrm_benchmark"
+    assert summary["history"] == str(tmp_path / "run" / "history.json")
+    assert math.isfinite(summary["train_loss"]) and summary["ms_per_it"] > 0
+    assert summary["test_auc"] is None  # random data: no test split
+    assert proc.stdout.count("Finished training it") == 2
+
+
+def test_criteo_script_without_data_says_what_to_pass(tmp_path):
+    proc = run_script(
+        "criteo_kaggle.sh", env={"PROCESSED_DATA_DIR": str(tmp_path / "none"), "RAW_DATA_FILE": ""}
+    )
+    assert proc.returncode == 2
+    assert "RAW_DATA_FILE" in proc.stderr and "metadata.json" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def raw_criteo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("raw") / "train.txt"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "input_pipeline.synthetic",
+            f"--output={path}",
+            "--num_rows=3000",
+            "--seed=1",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return path
+
+
+@needs_pipeline
+@pytest.mark.slow
+def test_criteo_kaggle_script_converts_once_then_trains(tmp_path, raw_criteo):
+    data = tmp_path / "data"
+    proc = run_script(
+        "criteo_kaggle.sh",
+        str(raw_criteo),
+        str(data),
+        *TINY_MODEL,
+        env={"RUN_DIR": str(tmp_path / "run")},
+    )
+    summary = summary_of(proc)
+    assert "Converting" in proc.stdout
+    assert os.path.isfile(data / "metadata.json")
+    assert summary["benchmark"] == "criteo_kaggle" and summary["iterations"] == 3
+    assert 0.0 <= summary["test_auc"] <= 1.0 and summary["test_log_loss"] > 0
+    assert not os.path.exists(tmp_path / "run" / "export")  # --export_dir= overrides
+
+    # Converted data is reused: no raw file needed the second time.
+    converted_at = os.path.getmtime(data / "metadata.json")
+    proc = run_script(
+        "criteo_kaggle.sh",
+        *TINY_MODEL,
+        "--num_batches=2",
+        env={"RUN_DIR": str(tmp_path / "run2"), "PROCESSED_DATA_DIR": str(data)},
+    )
+    summary = summary_of(proc)
+    assert "Converting" not in proc.stdout
+    assert os.path.getmtime(data / "metadata.json") == converted_at
+    assert summary["iterations"] == 2
+    assert summary["history"] == str(tmp_path / "run2" / "history.json")
+
+
+@needs_pipeline
+def test_criteo_terabyte_script_end_to_end(tmp_path, raw_criteo):
+    lines = raw_criteo.read_text().splitlines(keepends=True)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "day_0").write_text("".join(lines[:1500]))
+    (raw / "day_1").write_text("".join(lines[1500:]))
+    data = tmp_path / "data"
+    proc = run_script(
+        "criteo_terabyte.sh",
+        str(raw / "day_*"),
+        str(data),
+        *TINY_MODEL,
+        # Overrides the script's --max_ind_range=10000000 (tables of 10M rows).
+        env={"RUN_DIR": str(tmp_path / "run"), "CONVERT_FLAGS": "--max_ind_range=1000"},
+    )
+    summary = summary_of(proc)
+    with open(data / "metadata.json") as f:
+        metadata = json.load(f)
+    assert metadata["data_set"] == "terabyte"
+    assert metadata["table_sizes"] == [1000] * 26
+    assert metadata["preprocessing"]["data_sub_sample_rate"] == 0.875
+    assert summary["benchmark"] == "criteo_terabyte" and summary["iterations"] == 3
+    assert summary["test_auc"] is not None
