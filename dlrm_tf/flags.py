@@ -72,6 +72,7 @@ flags.DEFINE_integer("test_freq", -1, "Evaluate every N iterations (-1 = at epoc
 flags.DEFINE_integer("test_mini_batch_size", -1, "Test batch size (-1 = mini_batch_size).")
 flags.DEFINE_integer("test_num_batches", 0, "Cap on test batches per evaluation (0 = all).")
 flags.DEFINE_bool("print_time", False, "Print ms/it.")
+flags.DEFINE_bool("progress_bar", False, "Show Keras's progress bar besides the printed lines.")
 flags.DEFINE_bool("debug_mode", False, "Print architecture, data and parameters.")
 flags.DEFINE_bool("enable_profiling", False, "Capture a profile of a few steps for TensorBoard.")
 flags.DEFINE_bool("inference_only", False, "Only evaluate the model given by --load_model.")

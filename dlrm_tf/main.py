@@ -130,6 +130,7 @@ def train_config_from_flags(run_dir: str) -> TrainConfig:
         jit_compile=FLAGS.jit_compile,
         steps_per_execution=FLAGS.steps_per_execution,
         plot=FLAGS.plot,
+        progress_bar=FLAGS.progress_bar,
     )
 
 

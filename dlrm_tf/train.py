@@ -59,6 +59,7 @@ class TrainConfig:
     jit_compile: bool = False
     steps_per_execution: int = 1
     plot: bool = True
+    progress_bar: bool = False
 
     @property
     def test_batch_size(self) -> int:
@@ -217,7 +218,7 @@ def run(
             steps_per_epoch=steps - skip,
             callbacks=callbacks,
             shuffle=False,
-            verbose=0,
+            verbose=1 if cfg.progress_bar else 0,
         )
     total_steps = int(model.optimizer.iterations.numpy())
     elapsed = time.time() - started

@@ -108,6 +108,10 @@ def cli(capsys, tmp_path):
         (["--loss_weights=1-2-3"], r"--loss_weights='1-2-3'"),
         (["--mini_batch_size=0"], r"--mini_batch_size=0: must be a positive integer"),
         (["--use_gpu"], r"--use_gpu: no GPU is visible"),
+        (
+            ["--arch_embedding_size=4000000000-3-2"],
+            r"does not fit in host memory: .* GiB available",
+        ),
         (["--num_gpus=2"], r"--num_gpus=2 needs --use_gpu"),
         (["--distribution_strategy=multi_worker_mirrored"], r"needs the TF_CONFIG"),
         (

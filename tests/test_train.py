@@ -139,3 +139,52 @@ def test_best_model_and_inference_only(tmp_path):
     assert float(again[0][1]) == pytest.approx(info["test"]["auc"], abs=5e-5)
     assert float(again[0][0].rstrip(",")) == pytest.approx(info["test"]["loss"], abs=5e-6)
     assert "Finished training" not in proc.stdout
+
+
+def test_load_model_resumes_training_where_it_stopped(tmp_path):
+    common = ["--mini_batch_size=8", "--num_batches=10", "--optimizer=adam", "--print_freq=5"]
+    saved = tmp_path / "epoch1.keras"
+    # One epoch, saved; then two epochs starting from it ...
+    first = subprocess.run(
+        job(tmp_path / "a.npz", *common, f"--save_model={saved}", f"--run_dir={tmp_path}/a"),
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = subprocess.run(
+        job(
+            tmp_path / "b.npz",
+            *common,
+            "--nepochs=2",
+            f"--load_model={saved}",
+            f"--run_dir={tmp_path}/b",
+        ),
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "at step 10" in resumed.stdout
+    assert "of epoch 0" not in resumed.stdout and "Finished training it 10/10 of epoch 1" in (
+        resumed.stdout
+    )
+    # ... equal two epochs in one go (weights and Adam's state carried over).
+    straight = subprocess.run(
+        job(tmp_path / "c.npz", *common, "--nepochs=2", f"--run_dir={tmp_path}/c"),
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    got, got_steps = weights(tmp_path / "b.npz")
+    want, want_steps = weights(tmp_path / "c.npz")
+    assert got_steps == want_steps == 20
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
