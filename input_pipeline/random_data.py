@@ -349,6 +349,25 @@ def dataset_from_batches(
     return tf.data.Dataset.from_generator(structured, output_signature=signature)
 
 
+def check_generator_args(
+    table_sizes: Sequence[int], num_indices_per_lookup: int, seed: int, multi_hot: bool
+) -> list[int]:
+    """Validates the arguments shared by the generators; returns the table sizes as ints."""
+    table_sizes = [int(s) for s in table_sizes]
+    if not table_sizes or any(s <= 0 for s in table_sizes):
+        raise ValueError(f"table sizes must be positive, got {table_sizes}")
+    if num_indices_per_lookup <= 0:
+        raise ValueError(f"num_indices_per_lookup must be positive, got {num_indices_per_lookup}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if not multi_hot and num_indices_per_lookup != 1:
+        raise ValueError(
+            "multi_hot=False gives one id per bag and needs num_indices_per_lookup=1, "
+            f"got {num_indices_per_lookup}"
+        )
+    return table_sizes
+
+
 def random_dataset(
     *,
     table_sizes: Sequence[int],
@@ -388,16 +407,7 @@ def random_dataset(
       "sparse_features": int64 [B, T, H]}, labels float32 [B, 1])``, bags padded
       with -1.
     """
-    table_sizes = [int(s) for s in table_sizes]
-    if not table_sizes:
-        raise ValueError("table_sizes is empty")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    if not multi_hot and num_indices_per_lookup != 1:
-        raise ValueError(
-            "multi_hot=False gives one id per bag and needs num_indices_per_lookup=1, "
-            f"got {num_indices_per_lookup}"
-        )
+    table_sizes = check_generator_args(table_sizes, num_indices_per_lookup, seed, multi_hot)
     sizes = batch_sizes(batch_size, num_batches, data_size)
     args = (table_sizes, num_dense)
     tail = (num_indices_per_lookup, num_indices_per_lookup_fixed)

@@ -581,18 +581,9 @@ def synthetic_dataset(
       DistributionError: if a distribution file is malformed.
       OSError: if one cannot be read.
     """
-    table_sizes = [int(s) for s in table_sizes]
-    if not table_sizes or any(s <= 0 for s in table_sizes):
-        raise ValueError(f"table sizes must be positive, got {table_sizes}")
-    if num_indices_per_lookup <= 0:
-        raise ValueError(f"num_indices_per_lookup must be positive, got {num_indices_per_lookup}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    if not multi_hot and num_indices_per_lookup != 1:
-        raise ValueError(
-            "multi_hot=False gives one id per bag and needs num_indices_per_lookup=1, "
-            f"got {num_indices_per_lookup}"
-        )
+    table_sizes = random_data.check_generator_args(
+        table_sizes, num_indices_per_lookup, seed, multi_hot
+    )
     sources = [table_file(trace_file_pattern, t) for t in range(len(table_sizes))]
     cache: dict[str, TraceDistribution] = {}
     for path in sources:

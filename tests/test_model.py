@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from oracles import numpy_bags
 
 from dlrm_tf.config import ModelConfig
 from dlrm_tf.layers import MLP, CatInteraction, DotInteraction, EmbeddingBags
@@ -18,21 +19,6 @@ def numpy_mlp(x, layers, last_activation):
         else:
             x = 1.0 / (1.0 + np.exp(-x))
     return x
-
-
-def numpy_bags(tables, ids):
-    """Sum of rows per bag; ids [B, T] or [B, T, H] with -1 meaning absent."""
-    ids = np.asarray(ids)
-    if ids.ndim == 2:
-        ids = ids[:, :, None]
-    batch, num_tables, _ = ids.shape
-    out = np.zeros((batch, num_tables, tables[0].shape[1]), dtype=np.float64)
-    for b in range(batch):
-        for t in range(num_tables):
-            for i in ids[b, t]:
-                if i >= 0:
-                    out[b, t] += tables[t][i]
-    return out
 
 
 def numpy_dlrm(weights, config: ModelConfig, dense, ids):

@@ -24,6 +24,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from oracles import numpy_bags  # noqa: E402
 
 from dlrm_tf.config import ModelConfig  # noqa: E402
 from dlrm_tf.layers import EmbeddingBags, replica_local_variable  # noqa: E402
@@ -83,18 +84,6 @@ class NumpyOptimizer:
             else:  # torch.optim.Adam
                 w[rows] -= lr / c1 * m[rows] / (np.sqrt(v[rows]) / np.sqrt(c2) + self.eps)
         return w
-
-
-def np_bags(tables, ids):
-    """Sum of each bag's rows; ids [B, T, H], -1 is padding."""
-    batch, num_tables, _ = ids.shape
-    out = np.zeros((batch, num_tables, tables[0].shape[1]))
-    for b in range(batch):
-        for t in range(num_tables):
-            for i in ids[b, t]:
-                if i >= 0:
-                    out[b, t] += tables[t][i]
-    return out
 
 
 def np_table_grads(tables, ids, upstream):
@@ -256,7 +245,7 @@ def test_embedding_bags_gradients_and_two_steps_match_numpy(name):
     want = [t.astype(np.float64) for t in tables0]
     for step, lr in enumerate((0.1, 0.05)):
         out, grads = gradients(tf.constant(IDS))
-        np_out = np_bags(want, IDS)
+        np_out = numpy_bags(want, IDS)
         np.testing.assert_allclose(out.numpy(), np_out, atol=TOL, rtol=TOL)
         np_grads = np_table_grads(want, IDS, np_out - target)
         for t, grad in enumerate(grads):

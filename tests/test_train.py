@@ -33,6 +33,15 @@ def job(out, *flags):
     return [sys.executable, os.path.join(ROOT, "tests", "cli_job.py"), str(out), *ARCH, *flags]
 
 
+def run_job(out, *flags):
+    """Runs the CLI's job to completion; fails the test with its stderr if it fails."""
+    proc = subprocess.run(
+        job(out, *flags), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def weights(path):
     data = np.load(path)
     return [data[k] for k in data.files if k != "steps"], int(data["steps"])
@@ -48,15 +57,7 @@ def test_resume_after_sigkill_continues_from_backup(tmp_path):
         "--backup_every=100",
     ]
     ref_out = tmp_path / "ref.npz"
-    proc = subprocess.run(
-        job(ref_out, *flags, f"--run_dir={tmp_path}/ref"),
-        cwd=ROOT,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_job(ref_out, *flags, f"--run_dir={tmp_path}/ref")
 
     backup = tmp_path / "backup"
     out = tmp_path / "resumed.npz"
@@ -75,8 +76,7 @@ def test_resume_after_sigkill_continues_from_backup(tmp_path):
     victim.wait()
     assert not out.exists()
 
-    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_job(out, *flags, f"--backup_dir={backup}", f"--run_dir={tmp_path}/run")
     resumed = re.search(r"Resumed from backup .* at step (\d+)", proc.stdout)
     assert resumed, proc.stdout[-2000:]
     step = int(resumed[1])
@@ -103,15 +103,7 @@ def test_best_model_and_inference_only(tmp_path):
         "--round_targets",
         "--optimizer=adagrad",
     ]
-    proc = subprocess.run(
-        job(tmp_path / "a.npz", *common, f"--save_model={best}", f"--run_dir={tmp_path}/a"),
-        cwd=ROOT,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_job(tmp_path / "a.npz", *common, f"--save_model={best}", f"--run_dir={tmp_path}/a")
     tests = re.findall(r"Testing at - .* loss (\S+), auc (\S+),", proc.stdout)
     assert len(tests) == 2
     info = json.loads((tmp_path / "best.keras.json").read_text())
@@ -119,21 +111,13 @@ def test_best_model_and_inference_only(tmp_path):
     assert info["test"]["auc"] == pytest.approx(best_auc, abs=5e-5)
     assert info["step"] in (10, 20)
 
-    proc = subprocess.run(
-        job(
-            tmp_path / "b.npz",
-            *common,
-            f"--load_model={best}",
-            "--inference_only",
-            f"--run_dir={tmp_path}/b",
-        ),
-        cwd=ROOT,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_job(
+        tmp_path / "b.npz",
+        *common,
+        f"--load_model={best}",
+        "--inference_only",
+        f"--run_dir={tmp_path}/b",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     again = re.findall(r"Testing at - .* loss (\S+), auc (\S+),", proc.stdout)
     assert len(again) == 1
     assert float(again[0][1]) == pytest.approx(info["test"]["auc"], abs=5e-5)
@@ -145,44 +129,20 @@ def test_load_model_resumes_training_where_it_stopped(tmp_path):
     common = ["--mini_batch_size=8", "--num_batches=10", "--optimizer=adam", "--print_freq=5"]
     saved = tmp_path / "epoch1.keras"
     # One epoch, saved; then two epochs starting from it ...
-    first = subprocess.run(
-        job(tmp_path / "a.npz", *common, f"--save_model={saved}", f"--run_dir={tmp_path}/a"),
-        cwd=ROOT,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    run_job(tmp_path / "a.npz", *common, f"--save_model={saved}", f"--run_dir={tmp_path}/a")
+    resumed = run_job(
+        tmp_path / "b.npz",
+        *common,
+        "--nepochs=2",
+        f"--load_model={saved}",
+        f"--run_dir={tmp_path}/b",
     )
-    assert first.returncode == 0, first.stderr[-3000:]
-    resumed = subprocess.run(
-        job(
-            tmp_path / "b.npz",
-            *common,
-            "--nepochs=2",
-            f"--load_model={saved}",
-            f"--run_dir={tmp_path}/b",
-        ),
-        cwd=ROOT,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "at step 10" in resumed.stdout
     assert "of epoch 0" not in resumed.stdout and "Finished training it 10/10 of epoch 1" in (
         resumed.stdout
     )
     # ... equal two epochs in one go (weights and Adam's state carried over).
-    straight = subprocess.run(
-        job(tmp_path / "c.npz", *common, "--nepochs=2", f"--run_dir={tmp_path}/c"),
-        cwd=ROOT,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    run_job(tmp_path / "c.npz", *common, "--nepochs=2", f"--run_dir={tmp_path}/c")
     got, got_steps = weights(tmp_path / "b.npz")
     want, want_steps = weights(tmp_path / "c.npz")
     assert got_steps == want_steps == 20
