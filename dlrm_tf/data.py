@@ -146,7 +146,9 @@ class DataSource:
                     seed=cfg.seed + epoch,
                     input_context=ctx,
                     drop_remainder=strategy.num_replicas_in_sync > 1,
-                    repeat=True,
+                    # One process reads whole epochs; workers reading their own files
+                    # may hold unequal row counts, so theirs repeat to fill every step.
+                    repeat=ctx is not None and ctx.num_input_pipelines > 1,
                 )
                 return ds.skip(skip).take(steps - skip)
 
