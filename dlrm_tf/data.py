@@ -122,7 +122,8 @@ class DataSource:
         from input_pipeline.random_data import random_dataset
 
         data_size = cfg.data_size if cfg.num_batches <= 0 else None
-        return random_dataset(data_size=data_size, **common)
+        # One RandomState stream in the reference's draw order: the reference's batches.
+        return random_dataset(data_size=data_size, reference_stream=True, **common)
 
     def train_dataset(
         self,

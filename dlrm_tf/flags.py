@@ -74,6 +74,7 @@ flags.DEFINE_integer("test_num_batches", 0, "Cap on test batches per evaluation 
 flags.DEFINE_bool("print_time", False, "Print ms/it.")
 flags.DEFINE_bool("progress_bar", False, "Show Keras's progress bar besides the printed lines.")
 flags.DEFINE_bool("debug_mode", False, "Print architecture, data and parameters.")
+flags.DEFINE_integer("print_precision", 5, "Decimals of the arrays --debug_mode prints.")
 flags.DEFINE_bool("enable_profiling", False, "Capture a profile of a few steps for TensorBoard.")
 flags.DEFINE_bool("inference_only", False, "Only evaluate the model given by --load_model.")
 flags.DEFINE_string("save_model", "", "Keep the best model (by test AUC) here (.keras).")

@@ -118,6 +118,7 @@ def train_config_from_flags(run_dir: str) -> TrainConfig:
         test_freq=FLAGS.test_freq,
         test_mini_batch_size=FLAGS.test_mini_batch_size,
         debug_mode=FLAGS.debug_mode,
+        print_precision=FLAGS.print_precision,
         enable_profiling=FLAGS.enable_profiling,
         inference_only=FLAGS.inference_only,
         save_model=FLAGS.save_model,

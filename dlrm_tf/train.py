@@ -14,6 +14,7 @@ import os
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from dlrm_tf import callbacks as cb
@@ -47,6 +48,7 @@ class TrainConfig:
     test_freq: int = -1
     test_mini_batch_size: int = -1
     debug_mode: bool = False
+    print_precision: int = 5
     enable_profiling: bool = False
     inference_only: bool = False
     save_model: str = ""
@@ -166,7 +168,8 @@ def run(
         return RunResult(model, [], metrics, int(model.optimizer.iterations.numpy()), artifacts)
 
     if cfg.debug_mode:
-        cb.print_debug(model, model_config, source, cfg.mini_batch_size, log)
+        with np.printoptions(precision=cfg.print_precision):
+            cb.print_debug(model, model_config, source, cfg.mini_batch_size, log)
 
     backup = checkpoints.Backup(cfg.backup_dir, model) if cfg.backup_dir else None
     if backup is not None and backup.restore():
