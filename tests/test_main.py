@@ -46,6 +46,19 @@ def test_tiny_reference_run(tmp_path):
     assert os.path.exists(tmp_path / "run" / "history.json")
 
 
+def test_debug_mode_shows_the_reference_first_batch(tmp_path):
+    """The reference's sample run (seed 123) draws this first batch; so must we."""
+    flagfile = os.path.join(ROOT, "configs", "tiny.flags")
+    proc = run_cli(f"--flagfile={flagfile}", f"--run_dir={tmp_path}/run", "--debug_mode", cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "[8 4 2 1]" in out and "[4 3 2]" in out
+    first = out[out.index("mini-batch: 0") : out.index("mini-batch: 1")]
+    assert "[[0.69647 0.28614 0.22685 0.55131]\n [0.71947 0.42311 0.98076 0.68483]]" in first
+    assert "[[[1], [0, 1]], [[0], [1]], [[1], [0]]]" in first
+    assert "initial parameters (weights and bias):" in out
+
+
 def test_tiny_run_is_deterministic_for_a_seed(tmp_path):
     flagfile = os.path.join(ROOT, "configs", "tiny.flags")
     outs = []
