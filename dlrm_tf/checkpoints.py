@@ -116,23 +116,37 @@ def restore_model_state(model: DLRM, path: str, with_optimizer: bool = True) -> 
 class Backup:
     """Crash-safe backups in ``directory``, resumed by a rerun of the same command."""
 
-    def __init__(self, directory: str, model: DLRM, max_to_keep: int = 2) -> None:
+    def __init__(
+        self, directory: str, model: DLRM, max_to_keep: int = 2, task: str | None = None
+    ) -> None:
+        """Backups of ``model`` (and its optimizer) in ``directory``.
+
+        Under multi-worker training every worker saves (the write is a
+        collective step), but only the chief (``task`` None) writes into
+        ``directory``; another task writes into ``directory/.<task>``, and every
+        worker restores from the chief's backups (``directory`` must be on a
+        file system all workers share).
+        """
         self.model = model
+        self.directory = directory
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+        own = directory if task is None else os.path.join(directory, f".{task}")
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, directory, max_to_keep=max_to_keep, step_counter=None
+            self.checkpoint, own, max_to_keep=max_to_keep, step_counter=None
         )
         self._last_saved_step = -1
 
     @property
     def latest(self) -> str | None:
-        return self.manager.latest_checkpoint
+        """The chief's newest backup, if any."""
+        return tf.train.latest_checkpoint(self.directory)
 
     def restore(self) -> bool:
         """Restores the newest backup, if any; returns whether one was found."""
-        if self.manager.latest_checkpoint is None:
+        latest = self.latest
+        if latest is None:
             return False
-        self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        self.checkpoint.restore(latest).assert_existing_objects_matched()
         self._last_saved_step = int(self.model.optimizer.iterations.numpy())
         return True
 

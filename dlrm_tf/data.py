@@ -19,6 +19,8 @@ import math
 
 import tensorflow as tf
 
+from dlrm_tf.strategy import is_multi_worker
+
 GENERATIONS = ("random", "dataset", "synthetic")
 
 
@@ -159,8 +161,13 @@ class DataSource:
         return _distribute(strategy, ds)
 
     def test_dataset(self, strategy: tf.distribute.Strategy, global_batch: int, steps: int | None):
-        """The test split (converted data) or held-out generated batches."""
+        """The test split (converted data) or held-out generated batches.
+
+        Under multi-worker training every worker gets the whole test data,
+        undistributed (see ``dlrm_tf.evaluation.Evaluator``).
+        """
         cfg = self.config
+        local = is_multi_worker(strategy)
         if self.from_files:
             from input_pipeline import dataset as files
 
@@ -170,9 +177,9 @@ class DataSource:
                 )
                 return ds.take(steps) if steps else ds
 
-            return _distribute_fn(strategy, dataset_fn)
+            return dataset_fn(None) if local else _distribute_fn(strategy, dataset_fn)
         ds = self._generated(global_batch, steps or 1, cfg.seed + 1)
-        return _distribute(strategy, ds)
+        return ds if local else _distribute(strategy, ds)
 
     def sample_batches(self, global_batch: int, count: int) -> list:
         """The first ``count`` training batches as NumPy (for --debug_mode)."""

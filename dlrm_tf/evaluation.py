@@ -7,14 +7,19 @@ import tensorflow as tf
 
 from dlrm_tf.losses import DLRMLoss
 from dlrm_tf.metrics import binary_metrics
+from dlrm_tf.strategy import is_multi_worker
 
 
 class Evaluator:
     """Runs the model over a (distributed) test dataset and computes the test metrics.
 
-    Predictions and labels of every replica (and every worker, under
-    multi-worker training) are gathered with ``strategy.gather``, so each
-    process computes the metrics over the whole test split.
+    On one machine the test batches are split across the replicas and the
+    predictions gathered with ``strategy.gather``. Under multi-worker training
+    each worker evaluates the whole test split on its own (``DataSource`` hands
+    it an undistributed dataset): workers may hold unequal shares of the test
+    files, and a collective step that one worker no longer reaches would hang
+    the others. Either way every process computes the metrics over the whole
+    test split.
     """
 
     def __init__(self, model: tf.keras.Model, strategy: tf.distribute.Strategy, loss: DLRMLoss):
@@ -25,10 +30,14 @@ class Evaluator:
         def replica_step(features, labels):
             return self.model(features, training=False), labels
 
-        @tf.function(reduce_retracing=True)
-        def predict(features, labels):
-            probs, labs = self.strategy.run(replica_step, args=(features, labels))
-            return self.strategy.gather(probs, axis=0), self.strategy.gather(labs, axis=0)
+        if is_multi_worker(strategy):
+            predict = tf.function(replica_step, reduce_retracing=True)
+        else:
+
+            @tf.function(reduce_retracing=True)
+            def predict(features, labels):
+                probs, labs = self.strategy.run(replica_step, args=(features, labels))
+                return self.strategy.gather(probs, axis=0), self.strategy.gather(labs, axis=0)
 
         self._predict = predict
 

@@ -203,6 +203,8 @@ def execute():
         )
     result = train.run(model_config, train_config, source, strategy)
 
+    if not result.chief:
+        return result  # the chief writes the graph, the ONNX file and the export
     if FLAGS.plot_compute_graph:
         from dlrm_tf.graph_plot import plot_compute_graph
 

@@ -88,6 +88,19 @@ def make_strategy(name: str, devices: list[str]) -> tf.distribute.Strategy:
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
+def task_name(strategy: tf.distribute.Strategy) -> str | None:
+    """``"worker-1"`` etc. for a process that is not the chief, else None."""
+    if is_chief(strategy):
+        return None
+    resolver = strategy.cluster_resolver
+    return f"{resolver.task_type}-{resolver.task_id}"
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """Whether ``strategy`` spans several worker processes."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes the run's artifacts (worker 0, or the only process)."""
     resolver = getattr(strategy, "cluster_resolver", None)

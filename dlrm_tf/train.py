@@ -25,7 +25,7 @@ from dlrm_tf.evaluation import Evaluator
 from dlrm_tf.losses import DLRMLoss, RoundedAccuracy
 from dlrm_tf.model import DLRM, build_model
 from dlrm_tf.schedules import WarmupPolyDecay
-from dlrm_tf.strategy import is_chief
+from dlrm_tf.strategy import is_chief, task_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +77,7 @@ class RunResult:
     test_metrics: dict | None
     steps: int
     artifacts: dict[str, str]
+    chief: bool = True
 
 
 def _local_devices(strategy: tf.distribute.Strategy) -> tuple[str, ...]:
@@ -165,13 +166,19 @@ def run(
             raise ValueError("--inference_only: the data has no test split to evaluate")
         metrics = evaluator.evaluate(test_data())
         log(cb.format_test_line(0, steps, 0, metrics, metrics))
-        return RunResult(model, [], metrics, int(model.optimizer.iterations.numpy()), artifacts)
+        return RunResult(
+            model, [], metrics, int(model.optimizer.iterations.numpy()), artifacts, chief
+        )
 
     if cfg.debug_mode:
         with np.printoptions(precision=cfg.print_precision):
             cb.print_debug(model, model_config, source, cfg.mini_batch_size, log)
 
-    backup = checkpoints.Backup(cfg.backup_dir, model) if cfg.backup_dir else None
+    backup = (
+        checkpoints.Backup(cfg.backup_dir, model, task=task_name(strategy))
+        if cfg.backup_dir
+        else None
+    )
     if backup is not None and backup.restore():
         log(
             f"Resumed from backup {backup.latest} at step {int(model.optimizer.iterations.numpy())}"
@@ -260,4 +267,4 @@ def run(
             png = plot_history(logger.history, os.path.join(cfg.run_dir, "training.png"))
             if png:
                 artifacts["plot"] = png
-    return RunResult(model, logger.history, test_metrics, total_steps, artifacts)
+    return RunResult(model, logger.history, test_metrics, total_steps, artifacts, chief)

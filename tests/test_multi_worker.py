@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -38,6 +39,7 @@ def test_two_workers_train_identical_weights(tmp_path):
         "--learning_rate=0.1",
         "--num_indices_per_lookup=3",
         "--print_freq=5",
+        "--test_freq=5",
         "--plot=false",
     ]
     procs = []
@@ -56,6 +58,8 @@ def test_two_workers_train_identical_weights(tmp_path):
                     str(tmp_path / f"w{index}.npz"),
                     *flags,
                     f"--run_dir={tmp_path}/run{index}",
+                    f"--backup_dir={tmp_path}/backup",
+                    "--backup_every=4",
                 ],
                 cwd=ROOT,
                 env=env,
@@ -81,3 +85,14 @@ def test_two_workers_train_identical_weights(tmp_path):
     for k in keys:
         np.testing.assert_array_equal(w0[k], w1[k])
     assert sum("Finished training it 10/10" in out for out in outputs) == 2
+    # Each worker evaluated the whole test data: the same metrics, twice (steps 5 and 10).
+    tests = [re.findall(r"Testing at - .*", out) for out in outputs]
+    assert len(tests[0]) == 2 and tests[0] == tests[1]
+    # The chief's backups are in the backup directory, the other worker's beside them.
+    chief = tf_checkpoint_steps(tmp_path / "backup")
+    assert chief and max(chief) == 10
+    assert (tmp_path / "backup" / ".worker-1").is_dir()
+
+
+def tf_checkpoint_steps(directory):
+    return sorted(int(p.name.split("-")[1].split(".")[0]) for p in directory.glob("ckpt-*.index"))
