@@ -183,20 +183,27 @@ class EmbeddingBags(keras.layers.Layer):
     def _check_ids(self, by_table: tf.Tensor) -> tf.Tensor:
         sizes = tf.constant(self.table_sizes, dtype=tf.int64)[:, tf.newaxis, tf.newaxis]
         bad = tf.logical_or(by_table < PAD_ID, by_table >= sizes)
-        first_bad = tf.cast(tf.where(bad), tf.int64)
-        message = tf.strings.format(
-            "{}: sparse id out of range; first bad (feature, example, slot) = {}, id = {}; "
-            "table sizes = {}",
-            (
-                self.name,
-                first_bad[:1],
-                tf.gather_nd(by_table, first_bad[:1]),
-                tf.constant(self.table_sizes, tf.int64),
-            ),
-            summarize=-1,
-        )
-        check = tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [message], summarize=1)
-        with tf.control_dependencies([check]):
+        ok = tf.logical_not(tf.reduce_any(bad))
+
+        def fail():
+            # Only a failing batch pays for locating and formatting the bad id.
+            first_bad = tf.where(bad)[:1]
+            message = tf.strings.format(
+                "{}: sparse id out of range; first bad (feature, example, slot) = {}, id = {}; "
+                "table sizes = {}",
+                (
+                    self.name,
+                    first_bad,
+                    tf.gather_nd(by_table, first_bad),
+                    tf.constant(self.table_sizes, tf.int64),
+                ),
+                summarize=-1,
+            )
+            with tf.control_dependencies([tf.debugging.Assert(ok, [message], summarize=1)]):
+                return tf.identity(ok)
+
+        checked = tf.cond(ok, lambda: ok, fail)
+        with tf.control_dependencies([checked]):
             return tf.identity(by_table)
 
     def compute_output_shape(self, input_shape):
