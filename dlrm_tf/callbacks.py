@@ -81,11 +81,14 @@ class ReferenceLogger(keras.callbacks.Callback):
             }
         self.epoch = 0
         self._first_step = 0
+        self._fit_examples: int | None = None
 
-    def start_epoch(self, epoch: int, first_step: int = 0) -> None:
-        """Called before each ``fit``: the epoch and the step it starts at (resume)."""
+    def start_epoch(self, epoch: int, first_step: int = 0, examples: int | None = None) -> None:
+        """Called before each ``fit``: the epoch, the step it starts at (resume) and the
+        examples the epoch holds (its last batch may be partial), if known."""
         self.epoch = epoch
         self._first_step = first_step
+        self._fit_examples = None if examples is None else examples - first_step * self.global_batch
 
     def on_epoch_begin(self, epoch, logs=None):
         self._window_sum_loss = 0.0
@@ -100,7 +103,9 @@ class ReferenceLogger(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         logs = logs or {}
         it = self._first_step + batch + 1  # 1-based iteration within the epoch
-        seen = (batch + 1) * self.global_batch
+        seen = (batch + 1) * self.global_batch  # examples since this fit call began
+        if self._fit_examples is not None:
+            seen = min(seen, self._fit_examples)
         total_loss = float(logs.get("loss", np.nan)) * seen
         total_acc = float(logs.get("accuracy", np.nan)) * seen
         self._window_iters += 1

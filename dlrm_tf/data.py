@@ -92,6 +92,14 @@ class DataSource:
             )
         return steps
 
+    def examples_per_epoch(self, global_batch: int, steps: int) -> int:
+        """Training examples in an epoch of ``steps`` batches (the last may be partial)."""
+        if self.from_files:
+            return min(steps * global_batch, self._split_rows("train"))
+        if self.config.num_batches > 0:
+            return steps * global_batch
+        return min(steps * global_batch, self.config.data_size)
+
     def test_steps(self, global_batch: int, train_steps: int) -> int | None:
         """Batches in one evaluation; None reads the whole test split."""
         if self.from_files:

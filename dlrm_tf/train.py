@@ -220,7 +220,9 @@ def run(
     for epoch in range(start_step // steps, cfg.nepochs):
         skip = max(0, start_step - epoch * steps)
         data = source.train_dataset(strategy, cfg.mini_batch_size, steps, epoch=epoch, skip=skip)
-        logger.start_epoch(epoch, first_step=skip)
+        logger.start_epoch(
+            epoch, first_step=skip, examples=source.examples_per_epoch(cfg.mini_batch_size, steps)
+        )
         model.fit(
             data,
             initial_epoch=epoch,
