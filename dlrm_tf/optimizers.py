@@ -200,13 +200,28 @@ class SparseAdam(_SparseAwareOptimizer):
         self.epsilon = float(epsilon)
 
     def build(self, var_list) -> None:
-        """Creates the first and second moments of every variable."""
+        """Creates each variable's moments: one slot holding ``[m, v]`` side by side.
+
+        A table's row of ``m`` and of ``v`` sit next to each other, so a sparse
+        update gathers and scatters one array instead of two: fewer random
+        memory accesses per touched row on a large table.
+        """
         if self.built:
             return
         super().build(var_list)
-        self._momentums, self._velocities = self.add_optimizer_variables(
-            var_list, ["momentum", "velocity"]
-        )
+        self._moments = []
+        for variable in var_list:
+            shape = tuple(variable.shape)
+            slot_shape = (*shape[:-1], 2 * shape[-1]) if shape else (2,)
+            with self._distribution_strategy.extended.colocate_vars_with(_tf_variable(variable)):
+                self._moments.append(
+                    self.add_variable(
+                        shape=slot_shape,
+                        initializer="zeros",
+                        dtype=variable.dtype,
+                        name=f"{variable.path.replace('/', '_')}_moments",
+                    )
+                )
 
     def _bias_corrections(self, dtype) -> tuple[tf.Tensor, tf.Tensor]:
         step = self._step(dtype)
@@ -214,24 +229,31 @@ class SparseAdam(_SparseAwareOptimizer):
             tf.cast(self.beta_2, dtype), step
         )
 
+    def _moved(self, moments, gradient):
+        """``(m, v)`` after one step from the concatenated ``moments`` and ``gradient``."""
+        m, v = tf.split(moments, 2, axis=-1)
+        m = self.beta_1 * m + (1.0 - self.beta_1) * gradient
+        v = self.beta_2 * v + (1.0 - self.beta_2) * tf.square(gradient)
+        return m, v
+
     def _dense_update(self, gradient, variable, lr) -> None:
-        m = self._slot(self._momentums, variable)
-        v = self._slot(self._velocities, variable)
+        moments = self._slot(self._moments, variable)
         correction_1, correction_2 = self._bias_corrections(variable.dtype)
-        m.assign_add((1.0 - self.beta_1) * (gradient - m.read_value()))
-        v.assign_add((1.0 - self.beta_2) * (tf.square(gradient) - v.read_value()))
-        denominator = tf.sqrt(v.read_value()) / tf.sqrt(correction_2) + self.epsilon
-        variable.assign_sub(lr / correction_1 * m.read_value() / denominator)
+        value = moments.read_value()
+        if variable.shape.rank == 0:
+            value = tf.reshape(value, [1, 2])
+            gradient = tf.reshape(gradient, [1, 1])
+        m, v = self._moved(value, gradient)
+        moments.assign(tf.reshape(tf.concat([m, v], axis=-1), moments.shape))
+        denominator = tf.sqrt(v) / tf.sqrt(correction_2) + self.epsilon
+        variable.assign_sub(tf.reshape(lr / correction_1 * m / denominator, variable.shape))
 
     def _sparse_update(self, gradient, variable, lr) -> None:
-        m = self._slot(self._momentums, variable)
-        v = self._slot(self._velocities, variable)
+        moments = self._slot(self._moments, variable)
         correction_1, correction_2 = self._bias_corrections(variable.dtype)
         ids, grad = deduplicate(gradient)
-        m_rows = self.beta_1 * m.sparse_read(ids) + (1.0 - self.beta_1) * grad
-        v_rows = self.beta_2 * v.sparse_read(ids) + (1.0 - self.beta_2) * tf.square(grad)
-        m.scatter_update(tf.IndexedSlices(m_rows, ids))
-        v.scatter_update(tf.IndexedSlices(v_rows, ids))
+        m_rows, v_rows = self._moved(moments.sparse_read(ids), grad)
+        moments.scatter_update(tf.IndexedSlices(tf.concat([m_rows, v_rows], axis=-1), ids))
         step_size = lr * tf.sqrt(correction_2) / correction_1
         variable.scatter_sub(
             tf.IndexedSlices(step_size * m_rows / (tf.sqrt(v_rows) + self.epsilon), ids)
