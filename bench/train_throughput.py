@@ -16,6 +16,7 @@ their ratio.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -26,9 +27,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from dlrm_tf import main as cli
-from dlrm_tf.data import DataSource
 from dlrm_tf.model import build_model
-from dlrm_tf.strategy import configure_devices, make_strategy
 from dlrm_tf.train import compile_model, set_precision
 
 flags.DEFINE_integer("bench_warmup_steps", 15, "Steps not timed.")
@@ -89,14 +88,10 @@ def main(argv) -> int:
     data_config = cli.data_config_from_flags()
     run_dir = FLAGS.run_dir or "runs/bench"
     train_config = cli.train_config_from_flags(run_dir)
-    devices = configure_devices(FLAGS.use_gpu, FLAGS.num_gpus, FLAGS.num_cpu_replicas)
-    strategy = make_strategy(FLAGS.distribution_strategy, devices)
-    placeholder = tuple(int(n) for n in FLAGS.arch_embedding_size.split("-"))
-    num_dense = int(FLAGS.arch_mlp_bot.split("-")[0])
+    strategy = cli.strategy_from_flags()
     total = FLAGS.bench_warmup_steps + FLAGS.bench_steps
-    data_config = type(data_config)(**{**data_config.__dict__, "num_batches": total})
-    source = DataSource(data_config, placeholder, num_dense)
-    model_config = cli.model_config_from_flags(source.table_sizes)
+    data_config = dataclasses.replace(data_config, num_batches=total)
+    source, model_config = cli.source_and_model_config(data_config)
     set_precision(train_config.mixed_precision)
     batch = train_config.mini_batch_size
     with strategy.scope():

@@ -54,15 +54,6 @@ def save_model(model: DLRM, path: str, metrics: dict | None = None) -> str:
     return path
 
 
-def read_model_info(path: str) -> dict:
-    """The sidecar written by ``save_model`` (step, config, test metrics), or {}."""
-    try:
-        with open(path + ".json") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return {}
-
-
 def load_model(path: str, compile: bool = False) -> DLRM:
     """Loads a model written by ``save_model`` (the custom classes registered)."""
     import dlrm_tf.losses  # noqa: F401  (registers the loss and metric)

@@ -64,9 +64,7 @@ class DataSource:
 
     def _split_rows(self, split: str) -> int:
         assert self.metadata is not None
-        rows = self.metadata.get("rows", self.metadata.get("splits", {}))
-        value = rows.get(split, 0)
-        return int(value["rows"] if isinstance(value, dict) else value)
+        return int(self.metadata["rows"].get(split, 0))
 
     def has_split(self, split: str) -> bool:
         """Whether the converted data has examples in ``split``."""

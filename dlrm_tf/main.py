@@ -13,6 +13,7 @@ import time
 # output; TF_CPP_MIN_LOG_LEVEL=0 in the environment brings it back.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import tensorflow as tf
 from absl import app, flags, logging
 
 from dlrm_tf import flags as dlrm_flags  # noqa: F401  (defines the flags)
@@ -170,28 +171,18 @@ def _prepare_generated_criteo(data_dir: str, rows: int, seed: int) -> None:
     )
 
 
-def execute():
-    """Runs the job the parsed flags describe; returns ``train.RunResult``.
-
-    Raises ConfigError / ValueError / FileNotFoundError / MemoryError /
-    DeviceError with a message naming the flag or file at fault.
-    """
-    from dlrm_tf import train
-    from dlrm_tf.data import DataSource
+def strategy_from_flags() -> tf.distribute.Strategy:
+    """Chooses the devices (before TensorFlow initialises them) and the strategy."""
     from dlrm_tf.strategy import configure_devices, make_strategy
 
-    run_dir = FLAGS.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-    data_config = data_config_from_flags()
-    train_config = train_config_from_flags(run_dir)
-    if FLAGS.data_generation != "dataset":
-        model_config_from_flags()  # validate the architecture before any heavy work
     devices = configure_devices(FLAGS.use_gpu, FLAGS.num_gpus, FLAGS.num_cpu_replicas)
-    strategy = make_strategy(FLAGS.distribution_strategy, devices)
+    return make_strategy(FLAGS.distribution_strategy, devices)
 
-    if FLAGS.generate_criteo_rows > 0:
-        _prepare_generated_criteo(
-            data_config.processed_data_dir, FLAGS.generate_criteo_rows, FLAGS.numpy_rand_seed
-        )
+
+def source_and_model_config(data_config: DataConfig):
+    """The run's ``DataSource`` and the architecture, table sizes taken from the data."""
+    from dlrm_tf.data import DataSource
+
     placeholder = parse_dash_list(FLAGS.arch_embedding_size, "arch_embedding_size")
     num_dense = parse_dash_list(FLAGS.arch_mlp_bot, "arch_mlp_bot")[0]
     source = DataSource(data_config, placeholder, num_dense)
@@ -201,6 +192,29 @@ def execute():
             f"--arch_mlp_bot={FLAGS.arch_mlp_bot}: its input width {model_config.num_dense} "
             f"must equal the data's {source.num_dense} dense features"
         )
+    return source, model_config
+
+
+def execute():
+    """Runs the job the parsed flags describe; returns ``train.RunResult``.
+
+    Raises ConfigError / ValueError / FileNotFoundError / MemoryError /
+    DeviceError with a message naming the flag or file at fault.
+    """
+    from dlrm_tf import train
+
+    run_dir = FLAGS.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    data_config = data_config_from_flags()
+    train_config = train_config_from_flags(run_dir)
+    if FLAGS.data_generation != "dataset":
+        model_config_from_flags()  # validate the architecture before any heavy work
+    strategy = strategy_from_flags()
+
+    if FLAGS.generate_criteo_rows > 0:
+        _prepare_generated_criteo(
+            data_config.processed_data_dir, FLAGS.generate_criteo_rows, FLAGS.numpy_rand_seed
+        )
+    source, model_config = source_and_model_config(data_config)
     result = train.run(model_config, train_config, source, strategy)
 
     if not result.chief:

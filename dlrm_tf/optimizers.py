@@ -37,9 +37,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from dlrm_tf.layers import replica_local_variable
-
-PACKAGE = "dlrm_tf"
+from dlrm_tf.layers import PACKAGE, replica_local_variable
 
 OPTIMIZER_NAMES = ("sgd", "adagrad", "adam")
 
