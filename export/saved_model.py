@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from export import signatures as sig
 from export import warmup
+from export.session_loader import ServingSession
 
 TMP_PREFIX = ".tmp-export-"
 OLD_PREFIX = ".old-version-"
@@ -130,6 +131,7 @@ def export_model(
         os.chmod(tmp, 0o777 & ~_umask())
         _write_saved_model(module, tmp, signatures)
         extra = warmup.write_warmup_file(tmp, (warmup.prediction_log(r) for r in requests))
+        _replay_in_session(tmp, requests)
         _write_info(os.path.dirname(extra), model, signatures, len(requests))
         _publish(tmp, target, overwrite)
     except BaseException:
@@ -185,7 +187,19 @@ def _run_request(signatures: dict, request) -> None:
     inputs = warmup.request_arrays(request)
     name = request.model_spec.signature_name
     outputs = signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
-    probability = outputs[sig.OUTPUT_KEY].numpy()
+    _check_probability(name, outputs[sig.OUTPUT_KEY].numpy(), inputs)
+
+
+def _replay_in_session(path: str, requests: Sequence) -> None:
+    """Loads the written SavedModel as TF Serving does and replays the warm-up requests."""
+    with ServingSession(path) as served:
+        for request in requests:
+            inputs = warmup.request_arrays(request)
+            name = request.model_spec.signature_name
+            _check_probability(name, served.run(name, inputs)[sig.OUTPUT_KEY], inputs)
+
+
+def _check_probability(name: str, probability: np.ndarray, inputs: Mapping) -> None:
     batch = next(iter(inputs.values())).shape[0]
     if probability.shape != (batch, 1) or not np.all(np.isfinite(probability)):
         raise ExportError(
@@ -197,11 +211,10 @@ def _run_request(signatures: dict, request) -> None:
 def _write_info(directory: str, model: Any, signatures: dict, num_warmup: int) -> None:
     described = {}
     for name, fn in signatures.items():
-        _, kwargs = fn.structured_input_signature
         described[name] = {
             "inputs": {
-                key: {"dtype": spec.dtype.name, "shape": spec.shape.as_list()}
-                for key, spec in sorted(kwargs.items())
+                spec.name: {"dtype": spec.dtype.name, "shape": spec.shape.as_list()}
+                for spec in tf.nest.flatten(fn.structured_input_signature)
             },
             "outputs": {
                 key: {"dtype": spec.dtype.name, "shape": spec.shape.as_list()}

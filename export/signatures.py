@@ -20,7 +20,8 @@ name                 inputs                                output
 
 Ids: ``-1`` is an absent id (a bag of only ``-1`` is empty and embeds to zeros);
 any other id outside ``[0, table_size)`` makes the request fail with
-``InvalidArgumentError`` (HTTP 400 / gRPC ``INVALID_ARGUMENT`` in TF Serving).
+``InvalidArgumentError`` (HTTP 400 / gRPC ``INVALID_ARGUMENT`` in TF Serving),
+and so does a NaN or infinite dense feature.
 A request whose shapes disagree with the model (dense width, number of
 features, batch sizes of the two inputs) fails the same way.
 """
@@ -77,8 +78,11 @@ class DLRMServingModule(tf.Module):
         self.num_dense = num_dense
         self.table_sizes = table_sizes
         # Only the variables are tracked: tracking the Keras model itself would
-        # pull Keras objects into the SavedModel's object graph.
-        self.model_variables = list(model.variables)
+        # pull Keras objects into the SavedModel's object graph. They are the
+        # tf.Variables inside Keras's wrappers: a wrapper exports as a second,
+        # new variable that the checkpoint restores but no signature reads, so
+        # the session loader TF Serving uses would find the read ones unset.
+        self.model_variables = [_tf_variable(v) for v in model.variables]
 
         def predict(dense: tf.Tensor, ids: tf.Tensor) -> dict[str, tf.Tensor]:
             dense, ids = _check_request(dense, ids, num_dense, num_tables)
@@ -154,6 +158,11 @@ class DLRMServingModule(tf.Module):
         return signatures
 
 
+def _tf_variable(variable: Any) -> tf.Variable:
+    """The ``tf.Variable`` a Keras variable holds (the variable itself if it is one)."""
+    return variable if isinstance(variable, tf.Variable) else variable.value
+
+
 def _asset_paths(raw_preprocessor: Any) -> list[str]:
     paths = getattr(raw_preprocessor, "asset_paths", None) or []
     return [str(p) for p in paths]
@@ -173,6 +182,10 @@ def _check_request(
     same_batch = tf.debugging.assert_equal(
         tf.shape(dense)[0], tf.shape(ids)[0],
         message=f"{DENSE_KEY} and {SPARSE_KEY} must have the same number of rows",
+    )
+    # NaN or Inf would flow through the MLP into a normal-looking probability.
+    dense = tf.debugging.assert_all_finite(
+        dense, message=f"{DENSE_KEY} must be finite (NaN or Inf found)"
     )
     with tf.control_dependencies([same_batch]):
         return tf.identity(dense), tf.identity(ids)

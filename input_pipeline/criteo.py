@@ -56,6 +56,7 @@ FIRST_VOCABULARY_ID = 2
 
 MAX_COUNT_DIGITS = 18  # keeps every count inside int64
 MAX_HEX_DIGITS = 15  # keeps every categorical value inside int64
+MAX_SHOWN_CHARS = 200  # of a bad value echoed in an error message
 
 _COUNT_PATTERN = f"(-?[0-9]{{1,{MAX_COUNT_DIGITS}}})?"
 
@@ -384,13 +385,29 @@ class RawPreprocessor(tf.Module):
             name = tf.gather(tf.constant(FIELD_NAMES[1:]), column)
             return tf.strings.join(
                 ["row ", tf.strings.as_string(row), " field ", name, ": value ["]
-                + [fields[row, column], "] is not ", kind]
+                + [shown_value(fields[row, column]), "] is not ", kind]
             )
 
         detail = tf.cond(all_ok, lambda: tf.constant(""), describe_first_bad)
         check = tf.debugging.Assert(all_ok, ["Malformed raw Criteo input:", detail])
         with tf.control_dependencies([check]):
             return tf.identity(dense), tf.identity(ids)
+
+
+def shown_value(value: tf.Tensor, limit: int = MAX_SHOWN_CHARS) -> tf.Tensor:
+    """A client's string made safe to echo in an error: valid UTF-8, at most ``limit`` characters.
+
+    Bytes that are not UTF-8 become U+FFFD (an error message that is not UTF-8
+    cannot even be read by the client); a longer value is cut, with its size.
+    """
+    text = tf.strings.unicode_transcode(
+        value, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD
+    )
+    head = tf.strings.substr(text, 0, limit, unit="UTF8_CHAR")
+    cut = tf.strings.join(
+        [head, "... (", tf.strings.as_string(tf.strings.length(value)), " bytes)"]
+    )
+    return tf.where(tf.strings.length(text, unit="UTF8_CHAR") > limit, cut, head)
 
 
 def explain_bad_line(num_fields: int, field_ok: Sequence[bool], line: str | None = None) -> str:

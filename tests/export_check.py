@@ -11,7 +11,10 @@ quietly when it is not, as on a server without keras). Runs each case of
     [{"name": str, "signature": str, "inputs": {input_name: path.npy},
       "expected": path.npy | null}, ...]
 
-and replays the warm-up requests of ``assets.extra/tf_serving_warmup_requests``.
+and replays the warm-up requests of ``assets.extra/tf_serving_warmup_requests``;
+then does both again through the session-based loader TF Serving uses
+(``tf.compat.v1.saved_model.loader.load`` into a ``Session``, feeding and
+fetching the tensors each ``SignatureDef`` names).
 Writes to ``RESULT_JSON``: per case the maximum absolute difference to
 ``expected`` (or the error class and message), per warm-up request its
 signature and output shape, the loaded signatures, the names of the
@@ -60,6 +63,46 @@ def _forbidden_modules() -> list[str]:
     return sorted(name for name in sys.modules if name.split(".")[0] in FORBIDDEN)
 
 
+def _case_entry(np, out, case) -> dict:
+    entry = {"shape": list(out.shape), "dtype": out.dtype.name}
+    if case.get("expected"):
+        expected = np.load(case["expected"])
+        entry["max_abs_diff"] = float(np.max(np.abs(out - expected))) if out.size else 0.0
+        entry["expected_shape"] = list(expected.shape)
+    return entry
+
+
+def _run_in_session(tf, np, export_dir: str, cases: list, warmup_path: str):
+    """The cases and the warm-up replay through TF Serving's loader: a TF1 session."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    results, warm = {}, []
+    with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], export_dir)
+
+        def run(signature, arrays):
+            spec = meta.signature_def[signature]
+            feed = {spec.inputs[k].name: v for k, v in arrays.items()}
+            return sess.run(spec.outputs["probability"].name, feed)
+
+        for case in cases:
+            arrays = {k: np.load(p, allow_pickle=False) for k, p in case["inputs"].items()}
+            try:
+                out = run(case["signature"], arrays)
+            except Exception as e:  # noqa: BLE001 - the class and message are the result
+                results[case["name"]] = {"error": type(e).__name__, "message": str(e)[:2000]}
+                continue
+            results[case["name"]] = _case_entry(np, out, case)
+        for record in tf.compat.v1.io.tf_record_iterator(warmup_path):
+            request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
+            arrays = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+            out = run(request.model_spec.signature_name, arrays)
+            warm.append({"signature": request.model_spec.signature_name,
+                         "batch": int(next(iter(arrays.values())).shape[0]),
+                         "shape": list(out.shape), "finite": bool(np.all(np.isfinite(out)))})
+    return results, warm
+
+
 def main(export_dir: str, cases_path: str, result_path: str) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     blocker = _ImportBlocker()
@@ -86,12 +129,7 @@ def main(export_dir: str, cases_path: str, result_path: str) -> None:
         except Exception as e:  # noqa: BLE001 - the class and message are the result
             results[case["name"]] = {"error": type(e).__name__, "message": str(e)[:2000]}
             continue
-        entry = {"shape": list(out.shape), "dtype": out.dtype.name}
-        if case.get("expected"):
-            expected = np.load(case["expected"])
-            entry["max_abs_diff"] = float(np.max(np.abs(out - expected))) if out.size else 0.0
-            entry["expected_shape"] = list(expected.shape)
-        results[case["name"]] = entry
+        results[case["name"]] = _case_entry(np, out, case)
 
     warm = []
     warmup_path = os.path.join(export_dir, "assets.extra", "tf_serving_warmup_requests")
@@ -110,10 +148,13 @@ def main(export_dir: str, cases_path: str, result_path: str) -> None:
             }
         )
 
+    session_results, session_warm = _run_in_session(tf, np, export_dir, cases, warmup_path)
     report = {
         "signatures": sorted(loaded.signatures.keys()),
         "cases": results,
         "warmup": warm,
+        "session_cases": session_results,
+        "session_warmup": session_warm,
         "forbidden_modules": _forbidden_modules(),
         "blocked_imports_while_serving": blocker.attempts[imports_before_load:],
     }
