@@ -2,13 +2,15 @@
 
 Builds a model of the Kaggle shape (d=16, bottom MLP 13-512-256-64-16, top MLP
 512-256-1, the 26 Kaggle tables capped at ``--max_rows`` rows), exports it with
-``export.saved_model.export_model``, loads it back with ``tf.saved_model.load``
-and times calls of its ``serving_default`` signature, one request at a time,
-for each batch size. ``--export_dir`` times an existing SavedModel instead.
+``export.saved_model.export_model``, loads it back twice, with
+``tf.saved_model.load`` and with the session loader TF Serving uses
+(:mod:`export.session_loader`), and times calls of its ``serving_default``
+signature, one request at a time, for each batch size. ``--export_dir`` times
+an existing SavedModel instead.
 
-Prints one line per batch size, then (last line) one JSON object with
-``p50_ms_b{B}``, ``p99_ms_b{B}`` and ``examples_per_s_b{B}`` for every batch
-size ``B``.
+Prints the CPU, one line per loader and batch size, then (last line) one JSON
+object with ``p50_ms_b{B}``, ``p99_ms_b{B}`` and ``examples_per_s_b{B}`` for
+every batch size ``B`` (TF2 loader) and the same with a ``session_`` prefix.
 
     python -m bench.serving [--batch_sizes=1,64,2048] [--min_seconds=3]
 """
@@ -22,10 +24,13 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
+
+from bench.machine import cpu_model
+from export.session_loader import ServingSession
 
 KAGGLE_TABLE_SIZES = (
     1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
@@ -52,29 +57,47 @@ def export_bench_model(export_base: str, max_rows: int, seed: int) -> str:
     return export_model(build_model(config), export_base)
 
 
-def time_signature(
-    fn, table_sizes: Sequence[int], batch: int, min_seconds: float, min_calls: int, seed: int
-) -> dict[str, float]:
-    """Times ``fn`` on random valid one-hot batches; returns p50/p99 (ms) and examples/s."""
+def bench_requests(table_sizes: Sequence[int], batch: int, seed: int) -> list[dict]:
+    """Four random valid one-hot requests of ``batch`` examples, as numpy arrays."""
     rng = np.random.default_rng(seed)
     sizes = np.asarray(table_sizes, dtype=np.int64)
     requests = []
     for _ in range(4):
         dense = rng.uniform(0, 5, size=(batch, NUM_DENSE)).astype(np.float32)
         ids = np.minimum((rng.random((batch, len(sizes))) * sizes).astype(np.int64), sizes - 1)
-        requests.append({"dense_features": tf.constant(dense), "sparse_features": tf.constant(ids)})
-    for request in requests * 3:  # warm-up
-        fn(**request)["probability"].numpy()
+        requests.append({"dense_features": dense, "sparse_features": ids})
+    return requests
 
+
+def tf2_caller(path: str) -> tuple[Callable, Callable]:
+    """``tf.saved_model.load``'s ``serving_default``: (prepare request, call prepared)."""
+    fn = tf.saved_model.load(path).signatures["serving_default"]
+    prepare = lambda request: {k: tf.constant(v) for k, v in request.items()}
+    return prepare, lambda inputs: fn(**inputs)["probability"].numpy()
+
+
+def session_caller(served: ServingSession) -> tuple[Callable, Callable]:
+    """The session loader TF Serving uses: (prepare request, call prepared)."""
+    return (lambda request: request,
+            lambda inputs: served.run("serving_default", inputs)["probability"])
+
+
+def time_calls(
+    prepare: Callable, call: Callable, requests: list[dict], min_seconds: float, min_calls: int
+) -> dict[str, float]:
+    """Times ``call`` one request at a time; returns p50/p99 (ms) and examples/s."""
+    prepared = [prepare(r) for r in requests]
+    for inputs in prepared * 3:  # warm-up
+        call(inputs)
     latencies = []
     start = time.perf_counter()
     while len(latencies) < min_calls or time.perf_counter() - start < min_seconds:
-        request = requests[len(latencies) % len(requests)]
         t0 = time.perf_counter()
-        fn(**request)["probability"].numpy()
+        call(prepared[len(latencies) % len(prepared)])
         latencies.append(time.perf_counter() - t0)
     total = time.perf_counter() - start
     ms = np.asarray(latencies) * 1e3
+    batch = len(next(iter(requests[0].values())))
     return {
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),
@@ -106,23 +129,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             tmp = tempfile.mkdtemp(prefix="dlrm-serving-bench-")
             path = export_bench_model(tmp, args.max_rows, args.seed)
-        loaded = tf.saved_model.load(path)
-        fn = loaded.signatures["serving_default"]
         with open(os.path.join(path, "assets.extra", "export_info.json")) as f:
             table_sizes = json.load(f)["model_config"]["table_sizes"]
+        print(f"CPU: {cpu_model()}, {os.cpu_count()} cores", flush=True)
         summary: dict[str, float | str] = {}
-        for batch in batch_sizes:
-            r = time_signature(fn, table_sizes, batch, args.min_seconds, args.min_calls, args.seed)
-            print(
-                f"batch {batch:5d}: p50 {r['p50_ms']:8.3f} ms  p99 {r['p99_ms']:8.3f} ms  "
-                f"{r['examples_per_s']:12.0f} examples/s  ({r['calls']} calls)",
-                flush=True,
-            )
-            summary[f"p50_ms_b{batch}"] = round(r["p50_ms"], 4)
-            summary[f"p99_ms_b{batch}"] = round(r["p99_ms"], 4)
-            summary[f"examples_per_s_b{batch}"] = round(r["examples_per_s"], 1)
+        with ServingSession(path) as served:
+            loaders = {"tf2": tf2_caller(path), "session": session_caller(served)}
+            for batch in batch_sizes:
+                requests = bench_requests(table_sizes, batch, args.seed)
+                for loader, (prepare, call) in loaders.items():
+                    r = time_calls(prepare, call, requests, args.min_seconds, args.min_calls)
+                    print(
+                        f"{loader:8s} batch {batch:5d}: p50 {r['p50_ms']:8.3f} ms  "
+                        f"p99 {r['p99_ms']:8.3f} ms  {r['examples_per_s']:12.0f} examples/s  "
+                        f"({r['calls']} calls)", flush=True,
+                    )
+                    prefix = "" if loader == "tf2" else f"{loader}_"
+                    summary[f"{prefix}p50_ms_b{batch}"] = round(r["p50_ms"], 4)
+                    summary[f"{prefix}p99_ms_b{batch}"] = round(r["p99_ms"], 4)
+                    summary[f"{prefix}examples_per_s_b{batch}"] = round(r["examples_per_s"], 1)
         summary["max_rows"] = args.max_rows
         summary["cpus"] = os.cpu_count() or 0
+        summary["cpu_model"] = cpu_model()
         summary["tf_version"] = tf.__version__
         print(json.dumps(summary))
     finally:

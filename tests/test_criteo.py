@@ -58,6 +58,21 @@ def test_parse_counts_matches_python():
     np.testing.assert_array_max_ulp(dense.numpy(), np.array([oracle_dense(t) for t in texts]), 1)
 
 
+def test_dense_features_of_any_accepted_count_are_finite():
+    """Training needs no NaN/Inf guard on converted data: the rule cannot make one.
+
+    The largest accepted count (18 nines) gives log(1e18) ~ 41.4; anything longer,
+    "nan", "inf" or a float is rejected as a bad line, never turned into a value.
+    """
+    extremes = ["9" * 18, "-" + "9" * 18, "", "0", "1"]
+    dense, ok = criteo.parse_counts(tf.constant(extremes))
+    assert ok.numpy().all()
+    assert np.isfinite(dense.numpy()).all()
+    assert dense.numpy().max() == pytest.approx(math.log(10**18), rel=1e-6)
+    _, ok = criteo.parse_counts(tf.constant(["nan", "inf", "-inf", "1e400", "9" * 19]))
+    assert not ok.numpy().any()
+
+
 @pytest.mark.parametrize("bad", ["abc", "1.5", "-", "+5", " 5", "1e3", "1234567890123456789"])
 def test_parse_counts_rejects(bad):
     _, ok = criteo.parse_counts(tf.constant([bad, "4"]))
