@@ -401,11 +401,14 @@ def explain_bad_line(num_fields: int, field_ok: Sequence[bool], line: str | None
     for index, good in enumerate(field_ok):
         if good:
             continue
-        shown = f" {parts[index]!r}" if parts is not None and len(parts) > index else ""
+        shown = f" {parts[index][:40]!r}" if parts is not None and len(parts) > index else ""
         if index == 0:
             return f"label{shown} is not 0 or 1"
         if index <= NUM_DENSE:
-            return f"field {FIELD_NAMES[index]}{shown} is not an integer count"
+            return (
+                f"field {FIELD_NAMES[index]}{shown} is not an integer count"
+                f" of at most {MAX_COUNT_DIGITS} digits"
+            )
         return (
             f"field {FIELD_NAMES[index]}{shown} is not a hexadecimal value"
             f" of at most {MAX_HEX_DIGITS} digits"

@@ -1,0 +1,55 @@
+"""One-line error reports for every command-line entry point.
+
+``error: <what, which file/line/flag, what to do>`` on stderr and exit status 2;
+the traceback only on request (``--verbose`` on the command line, or
+``TF_CPP_MIN_LOG_LEVEL=0`` in the environment). Standard library only, so the
+converter, the exporter, the trainer and the bench scripts can all use it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import sys
+import traceback
+from collections.abc import Sequence
+
+EXIT_BAD_INPUT = 2
+_TF_NOISE = re.compile(r"\[\[\{\{node [^}]*\}\}\]\]|\[Op:[^\]]*\]|\{\{function_node [^}]*\}\}")
+
+
+def verbose_requested(argv: Sequence[str] | None = None) -> bool:
+    """True when the user asked for tracebacks."""
+    argv = sys.argv if argv is None else argv
+    return "--verbose" in argv or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0"
+
+
+def strip_verbose(argv: Sequence[str]) -> list[str]:
+    """``argv`` without ``--verbose`` (for parsers that do not define it)."""
+    return [a for a in argv if a != "--verbose"]
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line, with a hint for the kinds a user can fix."""
+    message = getattr(error, "message", None) or str(error)
+    if isinstance(error, KeyError):
+        message = f"missing entry {message}"
+    message = " ".join(_TF_NOISE.sub("", message).split())
+    if len(message) > 600:
+        message = message[:600] + " ..."
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return f"{message}: the disk is full; free space or write elsewhere (nothing was replaced)"
+    if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM):
+        return f"{message}: permission denied; choose a path you may write"
+    if isinstance(error, (ValueError, OSError, RuntimeError, LookupError, MemoryError)):
+        return message
+    return f"{message} ({type(error).__name__}; rerun with --verbose for the traceback)"
+
+
+def report(error: BaseException, argv: Sequence[str] | None = None) -> int:
+    """Prints ``error: ...`` (and the traceback if requested); returns exit status 2."""
+    if verbose_requested(argv):
+        traceback.print_exception(error, file=sys.stderr)
+    print(f"error: {one_line(error)}", file=sys.stderr)
+    return EXIT_BAD_INPUT
