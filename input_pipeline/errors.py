@@ -8,6 +8,7 @@ converter, the exporter, the trainer and the bench scripts can all use it.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import re
@@ -25,9 +26,16 @@ def verbose_requested(argv: Sequence[str] | None = None) -> bool:
     return "--verbose" in argv or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0"
 
 
-def strip_verbose(argv: Sequence[str]) -> list[str]:
-    """``argv`` without ``--verbose`` (for parsers that do not define it)."""
-    return [a for a in argv if a != "--verbose"]
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse`` with ``--verbose`` and one-line usage errors (exit status 2)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--verbose", action="store_true", help="print tracebacks on errors")
+
+    def error(self, message: str):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 def one_line(error: BaseException) -> str:

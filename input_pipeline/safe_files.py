@@ -33,6 +33,7 @@ import fnmatch
 import os
 import shutil
 import socket
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 
 LOCK_SUFFIX = ".lock"
@@ -241,3 +242,25 @@ def contains(directory: str, path: str) -> bool:
     base = os.path.realpath(directory)
     resolved = os.path.realpath(path)
     return os.path.commonpath([base, resolved]) == base
+
+
+def keras_archive_problem(path: str) -> str | None:
+    """What makes ``path`` not a ``.keras`` model file (``None`` if it looks like one:
+    a zip archive holding ``config.json``), checked before Keras reads it."""
+    if not os.path.exists(path):
+        return "no such file"
+    if not os.path.isfile(path):
+        return "not a file"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except zipfile.BadZipFile:
+        return "not a .keras model file (not a zip archive); give a file written by --save_model"
+    except OSError as error:
+        return f"cannot be read ({error.strerror})"
+    if "config.json" not in names:
+        return (
+            "a zip archive without config.json, not a .keras model file; "
+            "give a file written by --save_model"
+        )
+    return None

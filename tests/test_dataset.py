@@ -201,7 +201,11 @@ def test_unknown_split(converted):
         ("absolute vocabulary path", r"vocabulary file '/.*' must be a path relative to"),
         ("inflated rows", r"rows\['train'\] = 2715 but its shards record 1715 rows"),
         ("removed shard entry", r"train lists 3 shards, num_shards is 4"),
-        ("moved rows between shards", r"shard train-00000-of-00004.tfrecord records 6 blocks and 600 rows; the split.s layout gives 5 and 500"),
+        (
+            "moved rows between shards",
+            r"shard train-00000-of-00004.tfrecord records 6 blocks and 600 rows; "
+            r"the split's layout gives 5 and 500",
+        ),
     ],
 )
 def test_tampered_metadata_is_refused(converted, tmp_path, tamper, message):
