@@ -23,7 +23,8 @@ _TF_NOISE = re.compile(r"\[\[\{\{node [^}]*\}\}\]\]|\[Op:[^\]]*\]|\{\{function_n
 def verbose_requested(argv: Sequence[str] | None = None) -> bool:
     """True when the user asked for tracebacks."""
     argv = sys.argv if argv is None else argv
-    return "--verbose" in argv or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0"
+    flag = any(a in ("--verbose", "--verbose=true", "--verbose=True", "--verbose=1") for a in argv)
+    return flag or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0"
 
 
 class ArgumentParser(argparse.ArgumentParser):
