@@ -270,7 +270,9 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
     """Console-script entry point (``dlrm-tf``)."""
-    app.run(lambda argv: sys.exit(main(argv)))
+    from input_pipeline.errors import parse_absl_flags
+
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_absl_flags)
 
 
 if __name__ == "__main__":

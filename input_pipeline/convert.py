@@ -1197,7 +1197,7 @@ def main(argv: Sequence[str]) -> None:
 def run(argv_main: Callable[[Sequence[str]], None] = main) -> None:
     """Defines the flags and runs the CLI."""
     define_flags()
-    app.run(argv_main)
+    app.run(argv_main, flags_parser=errors.parse_absl_flags)
 
 
 if __name__ == "__main__":

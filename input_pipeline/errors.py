@@ -14,7 +14,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 EXIT_BAD_INPUT = 2
 _TF_NOISE = re.compile(r"\[\[\{\{node [^}]*\}\}\]\]|\[Op:[^\]]*\]|\{\{function_node [^}]*\}\}")
@@ -62,3 +62,25 @@ def report(error: BaseException, argv: Sequence[str] | None = None) -> int:
         traceback.print_exception(error, file=sys.stderr)
     print(f"error: {one_line(error)}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def parse_absl_flags(argv: Sequence[str]) -> list[str]:
+    """``absl.app.run``'s ``flags_parser``: a bad or missing flag becomes one
+    ``error:`` line and exit status 2 (instead of absl's usage dump, status 1)."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(list(argv))
+    except flags.Error as error:
+        print(f"error: {error} (see {os.path.basename(argv[0])} --helpshort)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def run_cli(entry: Callable[[], object]) -> None:
+    """Runs a command's ``main`` and exits: its int result is the status (0
+    otherwise); any failure is one ``error:`` line and status 2."""
+    try:
+        result = entry()
+    except Exception as error:  # noqa: BLE001  (every failure: one line, exit 2)
+        sys.exit(report(error))
+    sys.exit(result if isinstance(result, int) else 0)
