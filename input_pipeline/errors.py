@@ -39,12 +39,25 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(EXIT_BAD_INPUT)
 
 
+def _without_tf_stack(message: str) -> str:
+    """A TensorFlow op error's message without the Python stack where the op was
+    defined (``Detected at node ... defined at``, then indented ``File`` lines)."""
+    kept = [
+        part
+        for part in message.split("\n\n")
+        if part.strip()
+        and not part.startswith(("Graph execution error:", "Detected at node"))
+        and not all(line[:1].isspace() for line in part.splitlines() if line)
+    ]
+    return "\n".join(kept) if kept else message
+
+
 def one_line(error: BaseException) -> str:
     """The error's message on one line, with a hint for the kinds a user can fix."""
     message = getattr(error, "message", None) or str(error)
     if isinstance(error, KeyError):
         message = f"missing entry {message}"
-    message = " ".join(_TF_NOISE.sub("", message).split())
+    message = " ".join(_TF_NOISE.sub("", _without_tf_stack(message)).split())
     if len(message) > 600:
         message = message[:600] + " ..."
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:

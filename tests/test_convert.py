@@ -13,6 +13,7 @@ import math
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -555,7 +556,12 @@ def test_overwrite_replaces_a_dataset_and_removes_only_its_files(tmp_path, lines
     raw = write_lines(tmp_path / "train.txt", lines[:100])
     out = tmp_path / "out"
     convert.convert("kaggle", raw, out, max_ind_range=10, num_shards=3)
-    convert.convert("kaggle", raw, out, max_ind_range=20, num_shards=2, overwrite=True)
+    umask = os.umask(0o022)
+    try:
+        convert.convert("kaggle", raw, out, max_ind_range=20, num_shards=2, overwrite=True)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o755  # as any new directory, not mkdtemp's 0700
     metadata = json.loads((out / "metadata.json").read_text())
     assert metadata["table_sizes"] == [20] * 26
     listed = {"metadata.json"} | {s["file"] for v in metadata["shards"].values() for s in v}
