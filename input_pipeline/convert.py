@@ -216,7 +216,7 @@ def iter_chunks(
                 if rest:
                     if rest.endswith(b"\r"):
                         rest = rest[:-1]
-                    yield rest
+                    yield _cut_long_lines(path, rest, lines_before + 1, long_lines)
                 return
             data = rest + block
             end = data.rfind(b"\n")
@@ -233,10 +233,39 @@ def iter_chunks(
                 rest = data
                 continue
             chunk, rest = data[:end], data[end + 1 :]
+            chunk = _cut_long_lines(path, chunk, lines_before + 1, long_lines)
             if b"\r" in chunk or chunk.endswith(b"\r"):
                 chunk = (chunk + b"\n").replace(b"\r\n", b"\n")[:-1]
             lines_before += chunk.count(b"\n") + 1
             yield chunk
+
+
+def _cut_long_lines(
+    path: str, chunk: bytes, first_line: int, long_lines: dict[int, bytes] | None
+) -> bytes:
+    """``chunk`` with each line longer than ``MAX_LINE_BYTES`` replaced by
+    ``LONG_LINE_PLACEHOLDER`` and recorded (or, without ``long_lines``, an error)."""
+    if len(chunk) <= MAX_LINE_BYTES:
+        return chunk
+    ends = np.flatnonzero(np.frombuffer(chunk, np.uint8) == ord("\n"))
+    starts = np.concatenate([[0], ends + 1])
+    stops = np.concatenate([ends, [len(chunk)]])
+    long = np.flatnonzero(stops - starts > MAX_LINE_BYTES)
+    if not len(long):
+        return chunk
+    if long_lines is None:
+        raise BadInputError(
+            f"{path}:{first_line + int(long[0])}: line longer than {MAX_LINE_BYTES} bytes"
+            " (--bad_lines=skip skips such lines)"
+        )
+    pieces, position = [], 0
+    for index in long.tolist():
+        start, stop = int(starts[index]), int(stops[index])
+        long_lines[first_line + index] = chunk[start : start + EXAMPLE_CHARS]
+        pieces += [chunk[position:start], LONG_LINE_PLACEHOLDER]
+        position = stop
+    pieces.append(chunk[position:])
+    return b"".join(pieces)
 
 
 def _read_block(path: str, stream: Any, lines_before: int) -> bytes:
@@ -1051,13 +1080,15 @@ def dataset_files(data_dir: str) -> list[str]:
         or it lists a path outside ``data_dir``.
     """
     path = os.path.join(data_dir, "metadata.json")
+    if not os.path.isfile(path):
+        raise ValueError("no metadata.json")
     try:
         with open(path, encoding="utf-8") as f:
             metadata = json.load(f)
         shards = [s["file"] for split in metadata["shards"].values() for s in split]
         listed = ["metadata.json", *shards, *(metadata.get("vocabulary_files") or [])]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ValueError(f"no metadata.json of this converter ({error})") from None
+        raise ValueError(f"a metadata.json this converter did not write ({error})") from None
     for relative in listed:
         safe_files.confined(data_dir, relative, f"{path}: file")
     return [os.path.normpath(p) for p in listed]

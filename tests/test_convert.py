@@ -646,7 +646,9 @@ def test_rerun_after_kill_removes_only_its_own_leftovers(tmp_path, lines, caplog
 def test_long_bad_lines_are_skipped_and_kept_short(tmp_path, lines):
     body = list(lines[:70])
     body[3] = lines[3] + "x" * (3 << 20)  # longer than the 1 MiB line limit
-    body[10] = lines[10].replace("\t", "\t" + "7" * 19, 1)  # a 19-digit count
+    fields = lines[10].split("\t")
+    body[10] = "\t".join([fields[0], "7" * 19, *fields[2:]])  # a 19-digit count
+    body[30] = "y" * (3 << 19)  # long, and with whole lines before and after in one read
     body[69] = "9" * (convert.MAX_LINE_BYTES + 10)  # the last line, no newline after it
     raw = write_lines(tmp_path / "train.txt", body, final_newline=False)
     with pytest.raises(convert.BadInputError, match=":4: line longer than 1048576 bytes"):
@@ -655,16 +657,17 @@ def test_long_bad_lines_are_skipped_and_kept_short(tmp_path, lines):
         "kaggle", raw, tmp_path / "out", max_ind_range=10, bad_lines="skip", data_randomize="none"
     )
     sizes, _ = reference_splits(70)  # the skipped lines keep their place in the split
-    assert metadata["rows"] == {**sizes, "train": sizes["train"] - 2, "validation": 4}
+    assert metadata["rows"] == {**sizes, "train": sizes["train"] - 3, "validation": 4}
     examples = metadata["bad_lines"]["examples"]
     assert [(e["line"], e["reason"]) for e in examples] == [
         (4, "line longer than 1048576 bytes"),
         (11, "field I1 '7777777777777777777' is not an integer count of at most 18 digits"),
+        (31, "line longer than 1048576 bytes"),
         (70, "line longer than 1048576 bytes"),
     ]
     assert examples[0]["text"] == body[3][:200]
     assert os.path.getsize(tmp_path / "out" / "metadata.json") < 20_000
-    good = [line for i, line in enumerate(body[: sizes["train"]]) if i not in (3, 10)]
+    good = [line for i, line in enumerate(body[: sizes["train"]]) if i not in (3, 10, 30)]
     assert_rows_equal(read_split(tmp_path / "out", "train"), oracle_rows(good, hashed(10)))
 
 
