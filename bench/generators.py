@@ -14,7 +14,6 @@ Prints one line per measurement, then one JSON object as the last line::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from input_pipeline import random_data, trace  # noqa: E402
+from input_pipeline import errors, random_data, trace  # noqa: E402
 
 KAGGLE_SIZES = [
     1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
@@ -71,7 +70,7 @@ def trace_tables(directory: str) -> tuple[str, list[int]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = errors.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", type=int, default=20, help="timed batches per case")
     args = parser.parse_args()
     n = args.batches
@@ -103,4 +102,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    errors.run_cli(main)

@@ -25,7 +25,9 @@ sys.path.insert(0, ROOT)
 
 
 def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from input_pipeline.errors import ArgumentParser
+
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num_rows", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max_ind_range", type=int, default=10_000_000)
@@ -120,4 +122,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from input_pipeline.errors import run_cli
+
+    run_cli(main)

@@ -107,8 +107,10 @@ def time_calls(
 
 
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from input_pipeline.errors import ArgumentParser
+
+    parser = ArgumentParser(prog="python -m bench.serving", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch_sizes", default="1,64,2048")
     parser.add_argument("--max_rows", type=int, default=100_000, help="cap on each table's rows")
     parser.add_argument("--min_seconds", type=float, default=3.0, help="timing per batch size")
@@ -160,4 +162,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from input_pipeline.errors import run_cli
+
+    run_cli(main)

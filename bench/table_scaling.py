@@ -21,7 +21,6 @@ one JSON object with ``ms_1e4_<opt>``, ``ms_1e7_<opt>``, ``ratio_<opt>``.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import gc
 import json
@@ -125,7 +124,9 @@ def compare(make_opt, strategy, rounds: int, steps: int) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> dict:
     """Runs the benchmark and prints the JSON result as the last line."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from input_pipeline.errors import ArgumentParser
+
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mirrored", action="store_true", help="MirroredStrategy, 2 CPUs")
     parser.add_argument("--rounds", type=int, default=5, help="timed epochs per setting")
     parser.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
@@ -183,4 +184,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from input_pipeline.errors import run_cli
+
+    run_cli(main)

@@ -126,4 +126,6 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    from input_pipeline.errors import parse_absl_flags, run_cli
+
+    app.run(lambda argv: run_cli(lambda: main(argv)), flags_parser=parse_absl_flags)

@@ -12,15 +12,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from dlrm_tf.model import DLRM
+from input_pipeline import errors, safe_files
 
 
 def _atomic_target(path: str, suffix: str) -> str:
@@ -32,25 +36,50 @@ def _atomic_target(path: str, suffix: str) -> str:
 
 
 def save_model(model: DLRM, path: str, metrics: dict | None = None) -> str:
-    """Atomically writes ``path`` (a ``.keras`` file) and ``path + '.json'``."""
+    """Atomically writes ``path`` (a ``.keras`` file) and ``path + '.json'``.
+
+    One writer at a time (a lock file next to ``path``); temporary files a killed
+    save left are removed first; an existing ``path`` is replaced only if it is a
+    ``.keras`` model file. Both files are fsynced before they are renamed into
+    place and get the usual permissions under the umask.
+    """
     if not path.endswith(".keras"):
         raise ValueError(f"--save_model={path}: the file name must end in .keras")
-    tmp = _atomic_target(path, ".keras")
-    try:
-        model.save(tmp, overwrite=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    info = {
-        "step": int(model.optimizer.iterations.numpy()) if model.optimizer is not None else 0,
-        "model_config": model.model_config.to_dict(),
-        "test": metrics,
-    }
-    tmp = _atomic_target(path + ".json", ".json")
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=1)
-    os.replace(tmp, path + ".json")
+    path = os.path.abspath(path)
+    if os.path.lexists(path):
+        problem = safe_files.keras_archive_problem(path)
+        if problem or os.path.islink(path):
+            raise safe_files.NotOursError(
+                f"--save_model={path} exists and is {problem or 'a symlink'}; refusing to "
+                "replace it: choose another --save_model"
+            )
+    directory, name = os.path.split(path)
+    with safe_files.exclusive(path, f"--save_model={path}", logging.warning):
+        safe_files.remove_leftovers(
+            directory, [f".{name}.*.keras", f".{name}.json.*.json"], logging.warning
+        )
+        tmp = _atomic_target(path, ".keras")
+        try:
+            model.save(tmp, overwrite=True)
+            safe_files.private_to_umask(tmp)
+            safe_files.publish(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        info = {
+            "step": int(model.optimizer.iterations.numpy()) if model.optimizer is not None else 0,
+            "model_config": model.model_config.to_dict(),
+            "test": metrics,
+        }
+        tmp = _atomic_target(path + ".json", ".json")
+        try:
+            with open(tmp, "w") as f:
+                json.dump(info, f, indent=1)
+            safe_files.private_to_umask(tmp)
+            safe_files.publish(tmp, path + ".json")
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     return path
 
 
@@ -60,9 +89,17 @@ def load_model(path: str, compile: bool = False) -> DLRM:
     import dlrm_tf.optimizers  # noqa: F401  (registers the optimizers)
     import dlrm_tf.schedules  # noqa: F401  (registers the schedule)
 
-    if not os.path.exists(path):
+    problem = safe_files.keras_archive_problem(path)
+    if problem == "no such file":
         raise FileNotFoundError(f"--load_model={path}: no such file")
-    model = keras.saving.load_model(path, compile=compile)
+    if problem:
+        raise ValueError(f"--load_model={path}: {problem}")
+    try:
+        model = keras.saving.load_model(path, compile=compile)
+    except Exception as error:  # noqa: BLE001  (Keras raises many kinds for a bad file)
+        raise ValueError(
+            f"--load_model={path}: cannot be loaded as a DLRM model ({errors.one_line(error)})"
+        ) from error
     if not isinstance(model, DLRM):
         raise ValueError(f"--load_model={path}: not a DLRM model ({type(model).__name__})")
     return model
@@ -77,9 +114,15 @@ def restore_model_state(model: DLRM, path: str, with_optimizer: bool = True) -> 
     """
     saved = load_model(path, compile=with_optimizer)
     if saved.model_config != model.model_config:
+        theirs, ours = saved.model_config.to_dict(), model.model_config.to_dict()
+        differing = "; ".join(
+            f"{key}: saved {theirs.get(key)!r}, flags {ours.get(key)!r}"
+            for key in sorted(set(theirs) | set(ours))
+            if theirs.get(key) != ours.get(key)
+        )
         raise ValueError(
-            f"--load_model={path}: its architecture {saved.model_config} differs from the "
-            f"flags' {model.model_config}"
+            f"--load_model={path}: its architecture differs from the flags' ({differing}); "
+            "give the flags it was trained with"
         )
     for target, source in zip(model.weights, saved.weights, strict=True):
         target.assign(source.numpy())
@@ -148,3 +191,16 @@ class Backup:
             return None
         self._last_saved_step = step
         return self.manager.save(checkpoint_number=step)
+
+
+@contextlib.contextmanager
+def backup_lock(directory: str, task: str | None = None) -> Iterator[None]:
+    """Holds the lock of the backups this process writes (the chief's ``directory``,
+    another task's ``directory/.<task>``) for the block: two runs sharing a
+    ``--backup_dir`` would overwrite each other's backups. Removes the temporary
+    checkpoint directories (``*_temp``) a killed save left there."""
+    own = directory if task is None else os.path.join(directory, f".{task}")
+    os.makedirs(own, exist_ok=True)
+    with safe_files.exclusive(own, f"--backup_dir={own}", logging.warning):
+        safe_files.remove_leftovers(own, ["*_temp"], logging.warning)
+        yield

@@ -115,5 +115,6 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the MLPs and the interaction.")
 flags.DEFINE_integer("steps_per_execution", 1, "Training steps per tf.function call.")
+flags.DEFINE_bool("verbose", False, "On failure, print the traceback after the error line.")
 
 FLAGS = flags.FLAGS

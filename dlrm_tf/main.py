@@ -5,6 +5,7 @@ Data flows one way: flags -> configs -> data source + model -> trainer -> export
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -19,7 +20,6 @@ from absl import app, flags, logging
 from dlrm_tf import flags as dlrm_flags  # noqa: F401  (defines the flags)
 from dlrm_tf.config import ConfigError, ModelConfig, parse_dash_list
 from dlrm_tf.data import DataConfig
-from dlrm_tf.strategy import DeviceError
 from dlrm_tf.train import TrainConfig
 
 FLAGS = flags.FLAGS
@@ -215,7 +215,13 @@ def execute():
             data_config.processed_data_dir, FLAGS.generate_criteo_rows, FLAGS.numpy_rand_seed
         )
     source, model_config = source_and_model_config(data_config)
-    result = train.run(model_config, train_config, source, strategy)
+    with contextlib.ExitStack() as stack:
+        if FLAGS.backup_dir and not FLAGS.inference_only:
+            from dlrm_tf.checkpoints import backup_lock
+            from dlrm_tf.strategy import task_name
+
+            stack.enter_context(backup_lock(FLAGS.backup_dir, task_name(strategy)))
+        result = train.run(model_config, train_config, source, strategy)
 
     if not result.chief:
         return result  # the chief writes the graph, the ONNX file and the export
@@ -251,20 +257,12 @@ def execute():
 def main(argv: list[str]) -> int:
     """The CLI: runs the job, prints where each artifact went; exit 2 on bad input."""
     del argv
-    from dlrm_tf.onnx_export import OnnxExportError
+    from input_pipeline import errors
 
     try:
         result = execute()
-    except (
-        ConfigError,
-        ValueError,
-        FileNotFoundError,
-        MemoryError,
-        DeviceError,
-        OnnxExportError,
-    ) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001  (every failure: one line, exit 2; --verbose)
+        return errors.report(err)
     for name, path in result.artifacts.items():
         print(f"{name}: {path}")
     return 0
@@ -272,7 +270,9 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
     """Console-script entry point (``dlrm-tf``)."""
-    app.run(lambda argv: sys.exit(main(argv)))
+    from input_pipeline.errors import parse_absl_flags
+
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_absl_flags)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import numpy as np
 
 from export import signatures as sig
 from export.warmup import predict_request
+from input_pipeline import errors
 
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -120,13 +121,17 @@ def predict(
     return tf.make_ndarray(response.outputs[sig.OUTPUT_KEY])
 
 
+class _InputError(ValueError):
+    """The inputs named on the command line cannot be read."""
+
+
 def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m export.grpc_client", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = errors.ArgumentParser(prog="python -m export.grpc_client", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--raw_file", help="raw Criteo lines, tab-separated")
     source.add_argument("--inputs", help=".npz with dense_features and sparse_features")
@@ -155,9 +160,16 @@ def load_inputs(args: argparse.Namespace) -> dict[str, np.ndarray]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: prints one probability per example (or the REST body)."""
-    args = _parse_args(sys.argv[1:] if argv is None else argv)
-    inputs = load_inputs(args)
-    signature = args.signature or choose_signature(inputs)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parse_args(argv)
+    try:
+        inputs = load_inputs(args)
+        signature = args.signature or choose_signature(inputs)
+    except Exception as error:  # noqa: BLE001  (a bad input file: one line, exit 2)
+        flag = f"--raw_file={args.raw_file}" if args.raw_file else f"--inputs={args.inputs}"
+        wrapped = _InputError(f"{flag}: {errors.one_line(error)}")
+        wrapped.__cause__ = error
+        return errors.report(wrapped, argv)
     if args.print_rest:
         print(json.dumps(rest_body(signature, inputs)))
         return 0

@@ -8,8 +8,12 @@ Command line::
 writes ``BASE/<N>/`` (by default ``N`` is one more than the highest numeric
 version under ``BASE``, or 1), the layout TF Serving's ``--model_base_path``
 polls. The SavedModel is written to a hidden directory ``BASE/.tmp-export-*``
-(TF Serving only loads children whose names parse as integers) and renamed into
-place in one step, so a server never sees a half-written version.
+(TF Serving only loads children whose names parse as integers), fsynced, and
+renamed into place in one step, so a server never sees a half-written version.
+One export at a time writes into a base (a lock file ``.BASE.lock`` next to it,
+naming its pid); an export removes the hidden directories killed exports left
+there (and says so), never a version directory. ``--overwrite`` replaces only a
+version this exporter wrote. ``--verbose`` adds the traceback to an error.
 
 Contents of a version: the signatures of :mod:`export.signatures`,
 ``assets.extra/tf_serving_warmup_requests`` (see :mod:`export.warmup`) and
@@ -32,15 +36,19 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from export import signatures as sig
 from export import warmup
 from export.session_loader import ServingSession
+from input_pipeline import errors, safe_files
 
 TMP_PREFIX = ".tmp-export-"
 OLD_PREFIX = ".old-version-"
 INFO_FILE = "export_info.json"
 _VERSION_RE = re.compile(r"[0-9]+")
+# What tf.saved_model.save and this exporter put in a version directory.
+_VERSION_ENTRIES = {"saved_model.pb", "fingerprint.pb", "variables", "assets", "assets.extra"}
 
 
 class ExportError(RuntimeError):
@@ -101,13 +109,15 @@ def export_model(
         (e.g. ``warmup_batch`` holds out-of-range ids).
     """
     base = os.path.abspath(os.fspath(export_base))
+    if os.path.lexists(base) and not os.path.isdir(base):
+        raise ExportError(f"--export_dir={base} exists and is not a directory: choose another")
     os.makedirs(base, exist_ok=True)
-    if version is None:
-        version = next_version(base)
-    elif isinstance(version, bool) or not isinstance(version, int) or version < 0:
+    if version is not None and (
+        isinstance(version, bool) or not isinstance(version, int) or version < 0
+    ):
         raise ExportError(f"--version={version!r}: must be a non-negative integer")
-    target = os.path.join(base, str(version))
-    _check_target(target, overwrite)
+    if version is not None:
+        _check_target(os.path.join(base, str(version)), overwrite)  # fail before the work
 
     module = sig.DLRMServingModule(model, raw_preprocessor)
     signatures = module.signatures()
@@ -124,19 +134,27 @@ def export_model(
     for request in requests:
         _run_request(signatures, request)
 
-    tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=base)
-    try:
-        # mkdtemp makes the directory private (0700); a server running as another
-        # user must be able to read the published version.
-        os.chmod(tmp, 0o777 & ~_umask())
-        _write_saved_model(module, tmp, signatures)
-        extra = warmup.write_warmup_file(tmp, (warmup.prediction_log(r) for r in requests))
-        _replay_in_session(tmp, requests)
-        _write_info(os.path.dirname(extra), model, signatures, len(requests))
-        _publish(tmp, target, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    # One export at a time per base: the version number is chosen under the lock,
+    # and what a killed export left (no live exporter can own it now) is removed.
+    with safe_files.exclusive(base, f"--export_dir={base}", logging.warning):
+        safe_files.remove_leftovers(base, [f"{TMP_PREFIX}*", f"{OLD_PREFIX}*"], logging.warning)
+        if version is None:
+            version = next_version(base)
+        target = os.path.join(base, str(version))
+        _check_target(target, overwrite)
+        tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=base)
+        try:
+            # mkdtemp makes the directory private (0700); a server running as another
+            # user must be able to read the published version.
+            os.chmod(tmp, 0o777 & ~_umask())
+            _write_saved_model(module, tmp, signatures)
+            extra = warmup.write_warmup_file(tmp, (warmup.prediction_log(r) for r in requests))
+            _replay_in_session(tmp, requests)
+            _write_info(os.path.dirname(extra), model, signatures, len(requests))
+            _publish(tmp, target, overwrite)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return target
 
 
@@ -144,19 +162,47 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
     """Loads a ``.keras`` model file written by ``model.save`` (without its optimizer state)."""
     import keras
 
-    import dlrm_tf.model  # noqa: F401  (registers the custom classes for deserialisation)
+    import dlrm_tf.model  # (also registers the custom classes for deserialisation)
 
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ExportError(f"--load_model={path}: no such file")
-    return keras.saving.load_model(path, compile=False)
+    problem = safe_files.keras_archive_problem(path)
+    if problem:
+        raise ExportError(f"--load_model={path}: {problem}")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as error:  # noqa: BLE001  (Keras raises many kinds for a bad file)
+        raise ExportError(
+            f"--load_model={path}: cannot be loaded as a DLRM model ({errors.one_line(error)})"
+        ) from error
+    if not isinstance(model, dlrm_tf.model.DLRM):
+        raise ExportError(f"--load_model={path}: not a DLRM model ({type(model).__name__})")
+    return model
 
 
 def _check_target(target: str, overwrite: bool) -> None:
-    if os.path.exists(target) and not overwrite:
+    """A version may replace only a SavedModel this exporter wrote, and only with
+    ``overwrite``."""
+    if not os.path.lexists(target):
+        return
+    if not overwrite:
         raise ExportError(
             f"version directory {target} already exists; pass --overwrite "
             "(overwrite=True) to replace it, or choose another --version"
+        )
+    if os.path.islink(target) or not os.path.isdir(target):
+        raise ExportError(
+            f"{target} exists and is not a version directory; refusing to replace it "
+            "(with or without --overwrite): remove it yourself or choose another --version"
+        )
+    ours = os.path.isfile(os.path.join(target, "saved_model.pb")) and os.path.isfile(
+        os.path.join(target, "assets.extra", INFO_FILE)
+    )
+    foreign = sorted(set(os.listdir(target)) - _VERSION_ENTRIES)
+    if not ours or foreign:
+        held = safe_files.describe(foreign or sorted(os.listdir(target)))
+        raise ExportError(
+            f"{target} is not a SavedModel written by this exporter (it holds {held}); "
+            "refusing to replace it (with or without --overwrite): choose another --version"
         )
 
 
@@ -167,8 +213,10 @@ def _write_saved_model(module: sig.DLRMServingModule, path: str, signatures: dic
 def _publish(tmp: str, target: str, overwrite: bool) -> None:
     """Moves the finished export into place with renames (atomic within one file system)."""
     _check_target(target, overwrite)
+    safe_files.fsync_tree(tmp)
     if not os.path.exists(target):
         os.rename(tmp, target)
+        safe_files.fsync_path(os.path.dirname(target))
         return
     # A non-empty directory cannot be replaced in one rename: move the old one
     # aside under a name TF Serving ignores, then move the new one in.
@@ -180,6 +228,7 @@ def _publish(tmp: str, target: str, overwrite: bool) -> None:
     except BaseException:
         os.rename(old, target)
         raise
+    safe_files.fsync_path(os.path.dirname(target))
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -239,7 +288,7 @@ def _umask() -> int:
 
 
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = errors.ArgumentParser(
         prog="python -m export.saved_model",
         description="Export a trained DLRM (.keras file) as a versioned SavedModel for TF Serving.",
     )
@@ -262,7 +311,8 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parse_args(argv)
     try:
         model = load_checkpoint(args.load_model)
         raw = None
@@ -278,9 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raw_preprocessor=raw,
             model_name=args.model_name,
         )
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as error:  # noqa: BLE001  (every failure: one line, exit 2)
+        return errors.report(error, argv)
     print(path)
     return 0
 

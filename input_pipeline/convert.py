@@ -47,11 +47,15 @@ little-endian float32 ``[rows, 13]``) and ``ids`` (bytes: little-endian ``id_dty
 ``[rows, 26]``). Everything is written into a temporary directory next to
 ``output_dir`` and renamed into place once complete, so a failed or interrupted run
 never leaves a complete-looking dataset; an existing non-empty ``output_dir`` is
-refused unless ``overwrite`` (then replaced only after the new one is complete).
+refused unless ``overwrite`` (then replaced only after the new one is complete,
+and only if it is a dataset of this converter: its ``metadata.json`` and exactly the
+files it lists). One converter at a time writes an output (a lock file next to it);
+a run removes the temporary directories interrupted runs left for the same output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import gzip
@@ -60,6 +64,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -71,7 +76,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from input_pipeline import criteo
+from input_pipeline import criteo, errors, safe_files
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "test", "validation")
@@ -83,6 +88,8 @@ MAX_LINE_BYTES = 1 << 20
 SPILL_BUCKET_ROWS = 500_000
 SPILL_BUFFER_BYTES = 64 << 20
 MAX_BAD_LINE_EXAMPLES = 20
+EXAMPLE_CHARS = 200  # of a skipped line kept in metadata.json
+LONG_LINE_PLACEHOLDER = b"-"  # stands for a skipped too-long line (a bad line: 1 field)
 PROGRESS_SECONDS = 5.0
 TRAIN, TEST, VALIDATION = 0, 1, 2
 
@@ -139,7 +146,7 @@ def resolve_sources(data_set: str, raw_data_file: str | os.PathLike) -> list[Sou
     elif os.path.isfile(pattern):
         paths = [pattern]
     else:
-        raise FileNotFoundError(f"Raw data file not found: {pattern}")
+        raise _not_a_regular_file(pattern)
     if data_set == "terabyte":
         paths = sorted(paths, key=lambda p: (_day_number(p), p))
         if len(paths) < 2:
@@ -149,6 +156,25 @@ def resolve_sources(data_set: str, raw_data_file: str | os.PathLike) -> list[Sou
     return [Source(os.path.abspath(p), os.path.getsize(p)) for p in paths]
 
 
+def _not_a_regular_file(path: str) -> Exception:
+    """Why ``path`` cannot be read as a raw file (what is there, not just "not found")."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            return FileNotFoundError(
+                f"--raw_data_file={path}: a symlink to {os.readlink(path)!r}, which does not exist"
+            )
+        return FileNotFoundError(f"Raw data file not found: {path}")
+    except OSError as error:  # ELOOP, EACCES, ...
+        return BadInputError(f"--raw_data_file={path}: cannot be opened: {error.strerror}")
+    kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "not a regular file or directory"
+    return BadInputError(
+        f"--raw_data_file={path} is {kind}; the converter reads its input more than once: "
+        "give a regular file (e.g. copy the stream to a file first)"
+    )
+
+
 class _ReadPosition:
     """Bytes consumed so far in the file being read (for progress)."""
 
@@ -156,53 +182,122 @@ class _ReadPosition:
         self.bytes = 0
 
 
-def iter_chunks(path: str, position: _ReadPosition | None = None) -> Iterator[bytes]:
+def iter_chunks(
+    path: str, position: _ReadPosition | None = None, long_lines: dict[int, bytes] | None = None
+) -> Iterator[bytes]:
     """Yields the file's text in chunks of whole lines, without the final newline.
 
     ``\\r\\n`` endings become ``\\n``; a last line without newline is kept. Raises
-    ``BadInputError`` for a truncated or corrupt gzip stream or a line longer than
-    1 MiB.
+    ``BadInputError`` for a truncated or corrupt gzip stream, an I/O error, or a
+    line longer than 1 MiB unless ``long_lines`` is given: then such a line is
+    read past, yielded as ``LONG_LINE_PLACEHOLDER`` (it keeps its place in the count) and
+    its number -> first bytes recorded in ``long_lines``.
     """
     with open(path, "rb") as raw:
         stream = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
         rest = b""
         lines_before = 0
+        skipping = False  # inside a too-long line
         while True:
-            try:
-                block = stream.read(READ_CHUNK_BYTES)
-            except (EOFError, OSError, zlib.error) as error:
-                raise BadInputError(
-                    f"{path}: truncated or corrupt gzip stream after line {lines_before} ({error})"
-                ) from error
+            block = _read_block(path, stream, lines_before)
             if position is not None:
                 position.bytes = raw.tell()
+            if skipping:
+                cut = block.find(b"\n")
+                if cut < 0 and block:
+                    continue
+                skipping = False
+                lines_before += 1
+                yield LONG_LINE_PLACEHOLDER
+                block = block[cut + 1 :] if cut >= 0 else b""
+                if not block:
+                    continue
             if not block:
                 if rest:
                     if rest.endswith(b"\r"):
                         rest = rest[:-1]
-                    yield rest
+                    yield _cut_long_lines(path, rest, lines_before + 1, long_lines)
                 return
             data = rest + block
             end = data.rfind(b"\n")
             if end < 0:
                 if len(data) > MAX_LINE_BYTES:
-                    raise BadInputError(
-                        f"{path}:{lines_before + 1}: line longer than {MAX_LINE_BYTES} bytes"
-                    )
+                    if long_lines is None:
+                        raise BadInputError(
+                            f"{path}:{lines_before + 1}: line longer than {MAX_LINE_BYTES} bytes"
+                            " (--bad_lines=skip skips such lines)"
+                        )
+                    long_lines[lines_before + 1] = data[:EXAMPLE_CHARS]
+                    rest, skipping = b"", True
+                    continue
                 rest = data
                 continue
             chunk, rest = data[:end], data[end + 1 :]
+            chunk = _cut_long_lines(path, chunk, lines_before + 1, long_lines)
             if b"\r" in chunk or chunk.endswith(b"\r"):
                 chunk = (chunk + b"\n").replace(b"\r\n", b"\n")[:-1]
             lines_before += chunk.count(b"\n") + 1
             yield chunk
 
 
-def count_source_lines(source: Source, progress: _Progress | None = None) -> int:
+def _cut_long_lines(
+    path: str, chunk: bytes, first_line: int, long_lines: dict[int, bytes] | None
+) -> bytes:
+    """``chunk`` with each line longer than ``MAX_LINE_BYTES`` replaced by
+    ``LONG_LINE_PLACEHOLDER`` and recorded (or, without ``long_lines``, an error)."""
+    # A line longer than MAX_LINE_BYTES covers a whole aligned window of half that
+    # size without a newline: if every window has one, there is none (a few finds).
+    half = MAX_LINE_BYTES // 2
+    if all(chunk.find(b"\n", k, k + half) >= 0 for k in range(0, len(chunk) - half + 1, half)):
+        return chunk
+    ends = np.flatnonzero(np.frombuffer(chunk, np.uint8) == ord("\n"))
+    starts = np.concatenate([[0], ends + 1])
+    stops = np.concatenate([ends, [len(chunk)]])
+    long = np.flatnonzero(stops - starts > MAX_LINE_BYTES)
+    if not len(long):
+        return chunk
+    if long_lines is None:
+        raise BadInputError(
+            f"{path}:{first_line + int(long[0])}: line longer than {MAX_LINE_BYTES} bytes"
+            " (--bad_lines=skip skips such lines)"
+        )
+    pieces, position = [], 0
+    for index in long.tolist():
+        start, stop = int(starts[index]), int(stops[index])
+        long_lines[first_line + index] = chunk[start : start + EXAMPLE_CHARS]
+        pieces += [chunk[position:start], LONG_LINE_PLACEHOLDER]
+        position = stop
+    pieces.append(chunk[position:])
+    return b"".join(pieces)
+
+
+def _read_block(path: str, stream: Any, lines_before: int) -> bytes:
+    """The next block of the (decompressed) file; a failure says what happened."""
+    try:
+        return stream.read(READ_CHUNK_BYTES)
+    except OSError as error:
+        if error.errno is None:  # gzip's own errors (BadGzipFile) carry no errno
+            raise BadInputError(
+                f"{path}: truncated or corrupt gzip stream after line {lines_before} ({error})"
+            ) from error
+        raise BadInputError(
+            f"{path}: I/O error reading after line {lines_before} ({error.strerror}); "
+            "check the disk or copy the file elsewhere"
+        ) from error
+    except (EOFError, zlib.error) as error:
+        raise BadInputError(
+            f"{path}: truncated or corrupt gzip stream after line {lines_before} ({error})"
+        ) from error
+
+
+def count_source_lines(
+    source: Source, progress: _Progress | None = None, skip_long_lines: bool = False
+) -> int:
     """Counts the lines the chunk reader yields for a file."""
     lines = 0
     position = progress.position if progress is not None else None
-    for chunk in iter_chunks(source.path, position):
+    long_lines = {} if skip_long_lines else None
+    for chunk in iter_chunks(source.path, position, long_lines):
         count = chunk.count(b"\n") + 1
         lines += count
         if progress is not None:
@@ -268,6 +363,7 @@ def _parsed_chunks(
     preprocessor: criteo.RawPreprocessor,
     raw_values: bool,
     position: _ReadPosition,
+    long_lines: dict[int, bytes] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yields each chunk of the file parsed: see ``RawPreprocessor.parse_lines``,
     plus ``bad_text`` (the rejected lines)."""
@@ -275,7 +371,7 @@ def _parsed_chunks(
 
     def generate() -> Iterator[bytes]:
         try:
-            yield from iter_chunks(path, position)
+            yield from iter_chunks(path, position, long_lines)
         except BaseException as error:  # re-raised below with its own message
             failure.append(error)
             raise
@@ -304,21 +400,33 @@ class BadLines:
             raise ValueError(f"bad_lines must be 'error' or 'skip', got {policy!r}")
         self.policy = policy
         self.skipped = 0
-        self.examples: list[str] = []
+        self.examples: list[dict[str, Any]] = []
+        self._long_lines: dict[str, dict[int, bytes]] = {}
+
+    def long_lines_in(self, path: str) -> dict[int, bytes] | None:
+        """Where the reader records the too-long lines of ``path`` it skips (skip mode)."""
+        return self._long_lines.setdefault(path, {}) if self.policy == "skip" else None
 
     def handle(self, path: str, first_line: int, parsed: dict[str, np.ndarray]) -> None:
         """``first_line``: 1-based number of the chunk's first line in its file."""
+        long_lines = self._long_lines.get(path, {})
         for k, index in enumerate(parsed["bad_index"].tolist()):
-            text = parsed["bad_text"][k].decode("utf-8", "replace")
-            reason = criteo.explain_bad_line(
-                int(parsed["bad_num_fields"][k]), parsed["bad_field_ok"][k].tolist(), text
-            )
-            message = f"{path}:{first_line + index}: {reason}"
+            line = first_line + index
+            if line in long_lines:
+                text = long_lines.pop(line).decode("utf-8", "replace")
+                reason = f"line longer than {MAX_LINE_BYTES} bytes"
+            else:
+                text = parsed["bad_text"][k].decode("utf-8", "replace")
+                reason = criteo.explain_bad_line(
+                    int(parsed["bad_num_fields"][k]), parsed["bad_field_ok"][k].tolist(), text
+                )
             if self.policy == "error":
-                raise BadInputError(message)
+                raise BadInputError(f"{path}:{line}: {reason}")
             self.skipped += 1
             if len(self.examples) < MAX_BAD_LINE_EXAMPLES:
-                self.examples.append(message)
+                self.examples.append(
+                    {"file": path, "line": line, "reason": reason, "text": text[:EXAMPLE_CHARS]}
+                )
 
 
 # ---------------------------------------------------------------------------
@@ -678,7 +786,13 @@ def _iterate_rows(
     global_base = 0
     for source_index, source in enumerate(sources):
         line_base = 0
-        chunks = _parsed_chunks(source.path, preprocessor, raw_values, progress.position)
+        chunks = _parsed_chunks(
+            source.path,
+            preprocessor,
+            raw_values,
+            progress.position,
+            bad_lines.long_lines_in(source.path),
+        )
         for chunk_index, parsed in enumerate(chunks):
             n = len(parsed["ok"])
             if len(parsed["bad_index"]):
@@ -721,7 +835,7 @@ def _convert_into(
     to_count = sources if settings.data_set == "kaggle" else sources[-1:]
     progress = _Progress("counting lines", None, sum(s.size for s in to_count))
     for source in to_count:
-        source.lines = count_source_lines(source, progress)
+        source.lines = count_source_lines(source, progress, bad_lines.policy == "skip")
         if source.lines == 0:
             raise BadInputError(f"{source.path}: empty file (no lines)")
         progress.file_done(source.size)
@@ -937,43 +1051,125 @@ def convert(
     )
     bad = BadLines(bad_lines)
     output_dir = os.path.abspath(os.fspath(output_dir))
-    if os.path.exists(output_dir) and not (
-        os.path.isdir(output_dir) and not os.listdir(output_dir)
-    ):
-        if not overwrite:
-            raise FileExistsError(
-                f"Output directory {output_dir} exists and is not empty; "
-                "pass overwrite=True (--overwrite) to replace it"
-            )
     sources = resolve_sources(data_set, raw_data_file)
-    parent = os.path.dirname(output_dir)
+    _check_output(output_dir, sources, overwrite)
+    parent, name = os.path.split(output_dir)
     os.makedirs(parent, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
-    try:
-        metadata = _convert_into(work, sources, settings, bad)
-        with open(os.path.join(work, "metadata.json"), "w", encoding="utf-8") as f:
-            json.dump(metadata, f, indent=2)
-            f.write("\n")
-        _replace_directory(work, output_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    with safe_files.exclusive(output_dir, f"--output_dir={output_dir}", logging.warning):
+        _check_output(output_dir, sources, overwrite)  # what the last writer left
+        safe_files.remove_leftovers(parent, [f".{name}.tmp-*"], logging.warning)
+        for old in glob.glob(os.path.join(glob.escape(parent), f".{name}.old-*")):
+            _remove_dataset(old)
+        work = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+        try:
+            safe_files.private_to_umask(work)
+            metadata = _convert_into(work, sources, settings, bad)
+            with open(os.path.join(work, "metadata.json"), "w", encoding="utf-8") as f:
+                json.dump(metadata, f, indent=2)
+                f.write("\n")
+            _replace_directory(work, output_dir)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
     logging.info("Wrote %s: %s", output_dir, metadata["rows"])
     return {**metadata, "data_dir": output_dir}
 
 
+def dataset_files(data_dir: str) -> list[str]:
+    """The files a converted dataset consists of (relative), from its metadata.
+
+    Raises:
+      ValueError: ``data_dir`` holds no readable ``metadata.json`` of this converter,
+        or it lists a path outside ``data_dir``.
+    """
+    path = os.path.join(data_dir, "metadata.json")
+    if not os.path.isfile(path):
+        raise ValueError("no metadata.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            metadata = json.load(f)
+        shards = [s["file"] for split in metadata["shards"].values() for s in split]
+        listed = ["metadata.json", *shards, *(metadata.get("vocabulary_files") or [])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"a metadata.json this converter did not write ({error})") from None
+    for relative in listed:
+        safe_files.confined(data_dir, relative, f"{path}: file")
+    return [os.path.normpath(p) for p in listed]
+
+
+def _check_output(output_dir: str, sources: list[Source], overwrite: bool) -> None:
+    """Refuses an output that would destroy the input or something not ours."""
+    for source in sources:
+        if safe_files.contains(output_dir, source.path):
+            raise BadInputError(
+                f"--output_dir={output_dir} contains the raw input {source.path}; the output "
+                "directory is replaced as a whole: choose an --output_dir outside the input"
+            )
+    if not os.path.lexists(output_dir):
+        return
+    if os.path.islink(output_dir) or not os.path.isdir(output_dir):
+        raise safe_files.NotOursError(
+            f"--output_dir={output_dir} exists and is not a directory; refusing to replace "
+            "it (with or without --overwrite): remove it yourself or choose another --output_dir"
+        )
+    if not os.listdir(output_dir):
+        return
+    try:
+        foreign = safe_files.unexpected_entries(output_dir, dataset_files(output_dir))
+        reason = f"it also holds {safe_files.describe(foreign)}" if foreign else ""
+    except ValueError as error:
+        held = safe_files.describe(sorted(os.listdir(output_dir)))
+        reason = f"it holds {held} and {error}"
+    if reason:
+        raise safe_files.NotOursError(
+            f"--output_dir={output_dir} is not a dataset written by this converter ({reason}); "
+            "refusing to replace it (with or without --overwrite): choose another --output_dir"
+        )
+    if not overwrite:
+        raise FileExistsError(
+            f"Output directory {output_dir} already holds a converted dataset; "
+            "pass overwrite=True (--overwrite) to replace it"
+        )
+
+
+def _remove_dataset(path: str) -> None:
+    """Deletes a converted dataset's listed files and then its empty directories;
+    anything else in it stays (and is reported)."""
+    try:
+        listed = dataset_files(path)
+    except ValueError:
+        listed = []
+    for relative in listed:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(path, relative))
+    shutil.rmtree(os.path.join(path, "_spill"), ignore_errors=True)
+    for root, _, _ in sorted(os.walk(path), key=lambda entry: -len(entry[0])):
+        with contextlib.suppress(OSError):
+            os.rmdir(root)
+    if os.path.exists(path):
+        logging.warning("kept %s: it holds files this converter did not write", path)
+    elif listed:
+        logging.info("removed the replaced dataset %s", path)
+
+
 def _replace_directory(source: str, target: str) -> None:
-    """Moves the finished ``source`` to ``target``, replacing what is there."""
+    """Publishes the finished ``source`` as ``target`` (fsynced first); an existing
+    dataset there (checked to be ours) is moved aside and its files removed."""
     old = None
-    if os.path.exists(target):
+    if os.path.isdir(target) and os.listdir(target):
         old = tempfile.mkdtemp(
             prefix=f".{os.path.basename(target)}.old-", dir=os.path.dirname(target)
         )
         os.rmdir(old)
         os.rename(target, old)
-    os.rename(source, target)
+    try:
+        safe_files.publish(source, target)
+    except BaseException:
+        if old is not None:
+            os.rename(old, target)
+        raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_dataset(old)
 
 
 # ---------------------------------------------------------------------------
@@ -998,14 +1194,19 @@ def define_flags() -> None:
     flags.DEFINE_enum("compression", "none", ["none", "gzip"], "Shard compression.")
     flags.DEFINE_integer("seed", 123, "Seed for sub-sampling and shuffling.")
     flags.DEFINE_integer("block_rows", DEFAULT_BLOCK_ROWS, "Rows per TFRecord record.")
-    flags.DEFINE_boolean("overwrite", False, "Replace an existing output_dir.")
+    flags.DEFINE_boolean(
+        "overwrite", False, "Replace an existing output_dir that holds a converted dataset."
+    )
+    if "verbose" not in flags.FLAGS:
+        flags.DEFINE_boolean("verbose", False, "On failure, print the traceback too.")
 
 
 def main(argv: Sequence[str]) -> None:
     """CLI entry point."""
     del argv
     if not FLAGS.raw_data_file or not FLAGS.output_dir:
-        raise app.UsageError("--raw_data_file and --output_dir are required")
+        print("error: --raw_data_file and --output_dir are required", file=sys.stderr)
+        sys.exit(errors.EXIT_BAD_INPUT)
     try:
         metadata = convert(
             FLAGS.data_set,
@@ -1022,16 +1223,15 @@ def main(argv: Sequence[str]) -> None:
             block_rows=FLAGS.block_rows,
             overwrite=FLAGS.overwrite,
         )
-    except (BadInputError, FileNotFoundError, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+    except Exception as error:  # noqa: BLE001  (every failure: one line, exit 2)
+        sys.exit(errors.report(error))
     print(json.dumps({"data_dir": metadata["data_dir"], "rows": metadata["rows"]}))
 
 
 def run(argv_main: Callable[[Sequence[str]], None] = main) -> None:
     """Defines the flags and runs the CLI."""
     define_flags()
-    app.run(argv_main)
+    app.run(argv_main, flags_parser=errors.parse_absl_flags)
 
 
 if __name__ == "__main__":

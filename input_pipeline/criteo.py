@@ -35,6 +35,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from input_pipeline.safe_files import confined
+
 NUM_DENSE = 13
 NUM_SPARSE = 26
 NUM_INPUT_FIELDS = NUM_DENSE + NUM_SPARSE  # a line without its label
@@ -166,7 +168,7 @@ def load_metadata_json(data_dir: str) -> dict[str, Any]:
     path = os.path.join(data_dir, "metadata.json")
     with open(path, encoding="utf-8") as f:
         metadata = json.load(f)
-    metadata.setdefault("data_dir", os.path.abspath(data_dir))
+    metadata["data_dir"] = os.path.abspath(data_dir)  # never a path the file names
     return metadata
 
 
@@ -267,7 +269,7 @@ class RawPreprocessor(tf.Module):
         vocabulary = metadata.get("vocabulary_files")
         if vocabulary:
             base = metadata.get("data_dir", "")
-            vocabulary = [os.path.join(base, p) for p in vocabulary]
+            vocabulary = [confined(base, p, "metadata.json: vocabulary file") for p in vocabulary]
         return cls(
             max_ind_range=settings.get("max_ind_range", 0),
             vocabulary_files=vocabulary or None,
@@ -418,11 +420,14 @@ def explain_bad_line(num_fields: int, field_ok: Sequence[bool], line: str | None
     for index, good in enumerate(field_ok):
         if good:
             continue
-        shown = f" {parts[index]!r}" if parts is not None and len(parts) > index else ""
+        shown = f" {parts[index][:40]!r}" if parts is not None and len(parts) > index else ""
         if index == 0:
             return f"label{shown} is not 0 or 1"
         if index <= NUM_DENSE:
-            return f"field {FIELD_NAMES[index]}{shown} is not an integer count"
+            return (
+                f"field {FIELD_NAMES[index]}{shown} is not an integer count"
+                f" of at most {MAX_COUNT_DIGITS} digits"
+            )
         return (
             f"field {FIELD_NAMES[index]}{shown} is not a hexadecimal value"
             f" of at most {MAX_HEX_DIGITS} digits"

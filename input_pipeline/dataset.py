@@ -12,11 +12,14 @@ shuffle buffer, and rows are permuted within groups of ``shuffle_blocks`` blocks
 before batching, so a batch mixes rows of several shards. Without shuffling, and
 with at most 64 shards per pipeline, rows come in the converter's order.
 
-Checks that cost almost nothing: ``read_metadata`` checks the format version and
-that every listed shard exists with its recorded size (a truncated shard fails
-there, naming it); every block's ids are compared with ``table_sizes`` (an id out
-of range fails, naming the shard); each shard must yield exactly its recorded
-number of blocks (a corrupt record fails, naming the shard).
+Checks that cost almost nothing: ``read_metadata`` checks the format version,
+that every recorded path stays inside the dataset directory, that the shard
+list, its per-shard row and block counts and the split's row total agree with
+the converter's layout (an inflated ``rows`` or a removed shard entry fails,
+naming it), and that every listed shard exists with its recorded size (a
+truncated shard fails there, naming it); every block's ids are compared with
+``table_sizes`` (an id out of range fails, naming the shard); each shard must
+yield exactly its recorded number of blocks (a corrupt record fails, naming the shard).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from input_pipeline import criteo
+from input_pipeline import criteo, safe_files
 
 SUPPORTED_FORMAT_VERSIONS = (1,)
 SPLIT_NAMES = ("train", "test", "validation")
@@ -77,9 +80,12 @@ def read_metadata(data_dir: str | os.PathLike) -> dict[str, Any]:
     sizes = metadata["table_sizes"]
     if len(sizes) != criteo.NUM_SPARSE or any(int(s) < 1 for s in sizes):
         raise ValueError(f"{path}: table_sizes must be 26 positive ints, got {sizes}")
+    for relative in metadata.get("vocabulary_files") or []:
+        safe_files.confined(data_dir, relative, f"{path}: vocabulary file")
     for split, shards in metadata["shards"].items():
+        _check_split_layout(path, metadata, split)
         for shard in shards:
-            shard_path = os.path.join(data_dir, shard["file"])
+            shard_path = safe_files.confined(data_dir, shard["file"], f"{path}: {split} shard")
             if not os.path.isfile(shard_path):
                 raise FileNotFoundError(f"{path}: {split} shard {shard_path} is missing")
             actual = os.path.getsize(shard_path)
@@ -90,6 +96,41 @@ def read_metadata(data_dir: str | os.PathLike) -> dict[str, Any]:
                 )
     metadata["data_dir"] = data_dir
     return metadata
+
+
+def _check_split_layout(path: str, metadata: dict[str, Any], split: str) -> None:
+    """The split's shard list against the converter's layout: ``num_shards``
+    entries, block ``k`` of the split in shard ``k % num_shards``, every block
+    full but the split's last, and the rows summing to the split's ``rows``."""
+    shards = metadata["shards"][split]
+    rows = metadata.get("rows", {}).get(split)
+    block_rows = int(metadata.get("block_rows", 0))
+    count = int(metadata.get("num_shards", len(shards)))
+    if len(shards) != count:
+        raise ValueError(
+            f"{path}: {split} lists {len(shards)} shards, num_shards is {count} "
+            "(an entry was removed or added): convert the data again"
+        )
+    listed = sum(int(s["rows"]) for s in shards)
+    if rows is not None and int(rows) != listed:
+        raise ValueError(
+            f"{path}: rows[{split!r}] = {rows} but its shards record {listed} rows "
+            "(metadata modified): convert the data again"
+        )
+    if block_rows < 1:
+        return
+    blocks = -(-listed // block_rows)
+    for index, shard in enumerate(shards):
+        expected_blocks = (blocks - index + count - 1) // count
+        expected_rows = expected_blocks * block_rows
+        if blocks and (blocks - 1) % count == index:
+            expected_rows -= blocks * block_rows - listed
+        if (int(shard["blocks"]), int(shard["rows"])) != (expected_blocks, expected_rows):
+            raise ValueError(
+                f"{path}: shard {shard['file']} records {shard['blocks']} blocks and "
+                f"{shard['rows']} rows; the split's layout gives {expected_blocks} and "
+                f"{expected_rows} (metadata modified): convert the data again"
+            )
 
 
 def _parse_block(

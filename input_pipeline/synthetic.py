@@ -353,19 +353,29 @@ def main(argv: list[str]) -> None:
     """CLI entry point (absl)."""
     from absl import flags
 
+    from input_pipeline import errors
+
     flag_values = flags.FLAGS
     del argv
     start = time.perf_counter()
-    written = write_text(
-        flag_values.output,
-        flag_values.num_rows,
-        flag_values.seed,
-        use_gzip=flag_values.gzip,
-        world_seed=flag_values.world_seed,
-    )
+    try:
+        if flag_values.num_rows < 0:
+            raise ValueError(f"--num_rows={flag_values.num_rows}: must be >= 0")
+        for path in (flag_values.output, flag_values.probabilities_output):
+            if path:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        written = write_text(
+            flag_values.output,
+            flag_values.num_rows,
+            flag_values.seed,
+            use_gzip=flag_values.gzip,
+            world_seed=flag_values.world_seed,
+        )
+        if flag_values.probabilities_output:
+            np.save(flag_values.probabilities_output, written.probabilities)
+    except Exception as error:  # noqa: BLE001  (every failure: one line, exit 2)
+        sys.exit(errors.report(error))
     elapsed = time.perf_counter() - start
-    if flag_values.probabilities_output:
-        np.save(flag_values.probabilities_output, written.probabilities)
     print(
         f"wrote {flag_values.num_rows} rows to {flag_values.output} in {elapsed:.1f} s"
         f" ({flag_values.num_rows / max(elapsed, 1e-9):,.0f} rows/s);"
@@ -384,10 +394,13 @@ def _define_flags() -> None:
     flags.DEFINE_integer("world_seed", 0, "Seed of the planted model.")
     flags.DEFINE_boolean("gzip", False, "Gzip the output.")
     flags.DEFINE_string("probabilities_output", None, "Optional .npy file for true P(y=1).")
+    flags.DEFINE_boolean("verbose", False, "On failure, print the traceback too.")
 
 
 if __name__ == "__main__":
     from absl import app
 
+    from input_pipeline.errors import parse_absl_flags
+
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_absl_flags)

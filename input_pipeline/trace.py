@@ -123,7 +123,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from input_pipeline import random_data
+from input_pipeline import errors, random_data
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -648,7 +648,7 @@ def zipf_trace(num_ids: int, length: int, exponent: float, seed: int) -> np.ndar
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``profile``, ``generate`` and ``zipf`` (see the module docstring)."""
-    parser = argparse.ArgumentParser(
+    parser = errors.ArgumentParser(
         prog="python -m input_pipeline.trace", description=__doc__.split("\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -669,6 +669,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     z.add_argument("--seed", type=int, default=123)
     z.add_argument("--output", required=True)
     args = parser.parse_args(argv)
+    try:
+        _run_command(args)
+    except Exception as error:  # noqa: BLE001  (every failure: one line, exit 2)
+        return errors.report(error, sys.argv if argv is None else argv)
+    return 0
+
+
+def _run_command(args: argparse.Namespace) -> None:
     if args.command == "profile":
         dist = profile_trace(read_trace(args.trace))
         save_distribution(dist, args.output, precision=args.precision)
@@ -683,7 +691,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_trace(gen.next_ids(args.num), args.output)
     else:
         write_trace(zipf_trace(args.num_ids, args.length, args.exponent, args.seed), args.output)
-    return 0
 
 
 if __name__ == "__main__":

@@ -259,3 +259,14 @@ def test_criteo_terabyte_script_end_to_end(tmp_path, raw_criteo):
     assert metadata["preprocessing"]["data_sub_sample_rate"] == 0.875
     assert summary["benchmark"] == "criteo_terabyte" and summary["iterations"] == 3
     assert summary["test_auc"] is not None
+
+
+def test_bench_scripts_report_mistakes_in_one_line(tmp_path):
+    from cli_check import assert_one_error_line, run_module
+
+    result = run_module("bench.serving", f"--export_dir={tmp_path / 'none'}")
+    assert_one_error_line(result.returncode, result.stderr, "SavedModel file does not exist at")
+    result = run_module("bench.pipeline", "--num_rows=x")
+    assert_one_error_line(result.returncode, result.stderr, "--num_rows: invalid int value: 'x'")
+    result = run_module("bench.train_throughput", "--nope")
+    assert_one_error_line(result.returncode, result.stderr, "Unknown command line flag 'nope'")

@@ -5,16 +5,23 @@ the same lines, and shards are read back without the project's reader.
 """
 
 import collections
+import glob
 import gzip
 import json
+import logging
 import math
 import os
+import re
+import signal
+import stat
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from cli_check import REPO, assert_one_error_line
 
 from input_pipeline import convert, criteo, synthetic
 
@@ -393,7 +400,8 @@ def test_bad_lines_skip_counts_and_keeps_boundaries(tmp_path, lines):
     sizes, _ = reference_splits(70)
     assert metadata["bad_lines"]["skipped"] == len(cases)
     assert metadata["rows"] == {**sizes, "train": sizes["train"] - len(cases)}
-    assert metadata["bad_lines"]["examples"][0].startswith(f"{raw}:4: ")
+    first = metadata["bad_lines"]["examples"][0]
+    assert (first["file"], first["line"]) == (str(raw), 4)
     good = [line for i, line in enumerate(body[: sizes["train"]]) if i not in {3, 8, 13, 18, 23}]
     assert_rows_equal(read_split(tmp_path / "out", "train"), oracle_rows(good, hashed(10)))
 
@@ -503,3 +511,190 @@ def test_cli(tmp_path, lines):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["rows"] == reference_splits(100)[0]
+
+
+# ---------------------------------------------------------------------------
+# Output safety: what --overwrite may replace, one writer, leftovers of a kill.
+
+def tree(path):
+    """Every file under ``path`` (relative) -> its bytes."""
+    found = {}
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            with open(full, "rb") as f:
+                found[os.path.relpath(full, path)] = f.read()
+    return found
+
+
+@pytest.mark.parametrize("case", ["raw inside", "foreign dir", "dataset plus a file", "file"])
+def test_overwrite_replaces_only_a_dataset_of_ours(tmp_path, lines, case):
+    out = tmp_path / "out"
+    raw = write_lines(tmp_path / "train.txt", lines[:100])
+    if case == "raw inside":
+        out.mkdir()
+        raw = write_lines(out / "train.txt", lines[:100])
+        expected = "contains the raw input"
+    elif case == "foreign dir":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+        expected = "is not a dataset written by this converter (it holds notes.txt and no "
+    elif case == "dataset plus a file":
+        convert.convert("kaggle", raw, out, max_ind_range=10)
+        (out / "mine.txt").write_text("mine")
+        expected = "(it also holds mine.txt)"
+    else:
+        out.write_text("a file")
+        expected = "exists and is not a directory"
+    before = tree(tmp_path)
+    with pytest.raises((convert.BadInputError, FileExistsError), match=re.escape(expected)):
+        convert.convert("kaggle", raw, out, max_ind_range=20, overwrite=True)
+    assert tree(tmp_path) == before  # nothing deleted, moved or added (no hidden .old-*)
+
+
+def test_overwrite_replaces_a_dataset_and_removes_only_its_files(tmp_path, lines):
+    raw = write_lines(tmp_path / "train.txt", lines[:100])
+    out = tmp_path / "out"
+    convert.convert("kaggle", raw, out, max_ind_range=10, num_shards=3)
+    umask = os.umask(0o022)
+    try:
+        convert.convert("kaggle", raw, out, max_ind_range=20, num_shards=2, overwrite=True)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o755  # as any new directory, not mkdtemp's 0700
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["table_sizes"] == [20] * 26
+    listed = {"metadata.json"} | {s["file"] for v in metadata["shards"].values() for s in v}
+    assert set(os.listdir(out)) == listed  # the 3-shard files are gone
+    assert sorted(os.listdir(tmp_path)) == ["out", "train.txt"]
+
+
+def _converter(raw, out, *extra):
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "input_pipeline.convert", f"--raw_data_file={raw}",
+            f"--output_dir={out}", "--max_ind_range=50", "--num_shards=2", *extra,
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )  # fmt: skip
+
+
+def _wait_for(condition, process, what):
+    deadline = time.monotonic() + 300
+    while not condition():
+        assert process.poll() is None, f"converter ended before {what}: {process.stderr.read()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _lock_holder(out):
+    try:
+        return (out.parent / f".{out.name}.lock").read_text().split(" ")[0]
+    except FileNotFoundError:
+        return ""
+
+
+def test_two_converters_one_output(tmp_path, lines):
+    out = tmp_path / "out"
+    first_raw = write_lines(tmp_path / "a.txt", lines[:700])
+    second_raw = write_lines(tmp_path / "b.txt", lines[700:1000])
+    first = _converter(first_raw, out, "--data_randomize=none")
+    try:
+        # Freeze the first converter while it holds the lock: the second one starts
+        # while the first is certainly mid-conversion.
+        _wait_for(lambda: _lock_holder(out) == str(first.pid), first, "the lock")
+        os.kill(first.pid, signal.SIGSTOP)
+        second = _converter(second_raw, out, "--data_randomize=none")
+        _, second_err = second.communicate(timeout=300)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    first_out, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err
+    line = assert_one_error_line(
+        second.returncode, second_err, f"--output_dir={out} is being written by another process"
+    )
+    assert f"pid {first.pid} on " in line
+    # The survivor is complete and holds exactly the first converter's input.
+    summary = json.loads(first_out.strip().splitlines()[-1])
+    assert summary["rows"] == reference_splits(700)[0]
+    train = sum(reference_splits(700)[1][:6])
+    assert_rows_equal(read_split(out, "train"), oracle_rows(lines[:train], hashed(50)))
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt", "out"]
+
+
+def test_rerun_after_kill_removes_only_its_own_leftovers(tmp_path, lines, caplog):
+    raw = write_lines(tmp_path / "train.txt", lines)
+    out = tmp_path / "out"
+    other = tmp_path / ".other.tmp-keep"  # another output's leftover: not ours to remove
+    other.mkdir()
+    killed = _converter(raw, out)
+    try:
+        _wait_for(lambda: glob.glob(str(tmp_path / ".out.tmp-*" / "*")), killed, "its work")
+    finally:
+        killed.kill()
+        killed.wait()
+    leftovers = glob.glob(str(tmp_path / ".out.tmp-*"))
+    assert len(leftovers) == 1 and _lock_holder(out) == str(killed.pid)
+    with caplog.at_level(logging.INFO):
+        convert.convert("kaggle", raw, out, max_ind_range=50, num_shards=2)
+    assert sorted(os.listdir(tmp_path)) == [".other.tmp-keep", "out", "train.txt"]
+    assert f"removed {leftovers[0]} (" in caplog.text
+    assert f"lock left by {killed.pid} on " in caplog.text
+
+
+def test_long_bad_lines_are_skipped_and_kept_short(tmp_path, lines):
+    body = list(lines[:70])
+    body[3] = lines[3] + "x" * (3 << 20)  # longer than the 1 MiB line limit
+    fields = lines[10].split("\t")
+    body[10] = "\t".join([fields[0], "7" * 19, *fields[2:]])  # a 19-digit count
+    body[30] = "y" * (3 << 19)  # long, and with whole lines before and after in one read
+    body[69] = "9" * (convert.MAX_LINE_BYTES + 10)  # the last line, no newline after it
+    raw = write_lines(tmp_path / "train.txt", body, final_newline=False)
+    with pytest.raises(convert.BadInputError, match=":4: line longer than 1048576 bytes"):
+        convert.convert("kaggle", raw, tmp_path / "strict", max_ind_range=10)
+    metadata = convert.convert(
+        "kaggle", raw, tmp_path / "out", max_ind_range=10, bad_lines="skip", data_randomize="none"
+    )
+    sizes, _ = reference_splits(70)  # the skipped lines keep their place in the split
+    assert metadata["rows"] == {**sizes, "train": sizes["train"] - 3, "validation": 4}
+    examples = metadata["bad_lines"]["examples"]
+    assert [(e["line"], e["reason"]) for e in examples] == [
+        (4, "line longer than 1048576 bytes"),
+        (11, "field I1 '7777777777777777777' is not an integer count of at most 18 digits"),
+        (31, "line longer than 1048576 bytes"),
+        (70, "line longer than 1048576 bytes"),
+    ]
+    assert examples[0]["text"] == body[3][:200]
+    assert os.path.getsize(tmp_path / "out" / "metadata.json") < 20_000
+    good = [line for i, line in enumerate(body[: sizes["train"]]) if i not in (3, 10, 30)]
+    assert_rows_equal(read_split(tmp_path / "out", "train"), oracle_rows(good, hashed(10)))
+
+
+def test_fifo_and_symlink_loop_say_what_they_are(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(convert.BadInputError, match="is a FIFO"):
+        convert.convert("kaggle", fifo, tmp_path / "out")
+    loop = tmp_path / "loop"
+    os.symlink(loop, loop)
+    with pytest.raises(convert.BadInputError, match="Too many levels of symbolic links"):
+        convert.convert("kaggle", loop, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "mistake, message",
+    [
+        ("output is the input", "contains the raw input"),
+        ("missing input", "Raw data file not found"),
+    ],
+)
+def test_cli_errors_are_one_line_exit_2(tmp_path, lines, mistake, message):
+    raw = write_lines(tmp_path / "train.txt", lines[:50])
+    if mistake == "output is the input":
+        process = _converter(raw, tmp_path, "--overwrite")
+    else:
+        process = _converter(tmp_path / "nothing.txt", tmp_path / "out")
+    _, stderr = process.communicate(timeout=300)
+    assert_one_error_line(process.returncode, stderr, message)
+    assert (tmp_path / "train.txt").read_text().count("\n") == 50

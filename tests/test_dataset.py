@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from input_pipeline import convert, dataset, synthetic
+from input_pipeline import convert, criteo, dataset, synthetic
 
 NUM_LINES = 2000
 RANGE = 5000
@@ -191,3 +191,46 @@ def test_unsupported_format_version(converted, tmp_path):
 def test_unknown_split(converted):
     with pytest.raises(ValueError, match="Unknown split 'dev'"):
         dataset.make_dataset(converted[0], "dev", 8)
+
+
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        ("absolute shard path", r"train shard '/.*' must be a path relative to"),
+        ("../ shard path", r"train shard '../outside.tfrecord' points outside"),
+        ("absolute vocabulary path", r"vocabulary file '/.*' must be a path relative to"),
+        ("inflated rows", r"rows\['train'\] = 2715 but its shards record 1715 rows"),
+        ("removed shard entry", r"train lists 3 shards, num_shards is 4"),
+        (
+            "moved rows between shards",
+            r"shard train-00000-of-00004.tfrecord records 6 blocks and 600 rows; "
+            r"the split's layout gives 5 and 500",
+        ),
+    ],
+)
+def test_tampered_metadata_is_refused(converted, tmp_path, tamper, message):
+    data_dir = _copy(converted[0], tmp_path)
+    path = data_dir / "metadata.json"
+    metadata = json.loads(path.read_text())
+    train = metadata["shards"]["train"]
+    outside = tmp_path / "outside.tfrecord"
+    shutil.copy(data_dir / train[0]["file"], outside)  # a real shard, just not inside
+    if tamper == "absolute shard path":
+        train[0]["file"] = str(outside)
+    elif tamper == "../ shard path":
+        train[0]["file"] = "../outside.tfrecord"
+    elif tamper == "absolute vocabulary path":
+        metadata["vocabulary_files"] = [str(outside)] * 26
+    elif tamper == "inflated rows":
+        metadata["rows"]["train"] += 1000
+    elif tamper == "removed shard entry":
+        del train[1]
+    else:
+        train[0]["rows"], train[1]["rows"] = train[0]["rows"] + 100, train[1]["rows"] - 100
+        train[0]["blocks"], train[1]["blocks"] = train[0]["blocks"] + 1, train[1]["blocks"] - 1
+    path.write_text(json.dumps(metadata))
+    with pytest.raises(ValueError, match=message):
+        dataset.read_metadata(data_dir)
+    if tamper == "absolute vocabulary path":  # what the export reads
+        with pytest.raises(ValueError, match=message):
+            criteo.RawPreprocessor.from_metadata(data_dir)

@@ -14,12 +14,14 @@ from concurrent import futures
 import numpy as np
 import pytest
 import tensorflow as tf
+from cli_check import REPO, assert_one_error_line, run_module
 
 from dlrm_tf.config import ModelConfig
 from dlrm_tf.model import build_model
 from export import grpc_client, warmup
 from export import saved_model as esm
 from export import signatures as sig
+from input_pipeline import safe_files
 from input_pipeline.convert import convert
 from input_pipeline.criteo import NUM_DENSE, NUM_SPARSE, RawPreprocessor
 
@@ -745,3 +747,99 @@ def test_grpc_client_command_line(setup, grpc_server, capsys):
     assert grpc_client.main([f"--raw_file={bad_file}", f"--server={grpc_server}"]) == 1
     err = capsys.readouterr().err
     assert "INVALID_ARGUMENT" in err and "row 0 field I1" in err
+
+
+# ---------------------------------------------------------------------------
+# Output safety and command-line errors.
+
+HOLD_LOCK = (
+    "import sys; from input_pipeline import safe_files\n"
+    "with safe_files.exclusive(sys.argv[1]):\n"
+    "    print('locked', flush=True); sys.stdin.read()\n"
+)
+
+
+def lock_holder(base):
+    """A real process holding the export lock of ``base`` until its stdin closes."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(base)], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+    assert process.stdout.readline() == "locked\n"
+    return process
+
+
+def test_overwrite_refuses_a_version_it_did_not_write(tmp_path):
+    base = tmp_path / "models"
+    (base / "3").mkdir(parents=True)
+    (base / "3" / "saved_model.pb").write_text("someone else's")
+    (base / "4").write_text("a file")
+    for version, message in [(3, "is not a SavedModel written by this exporter (it holds "
+                                 "saved_model.pb)"), (4, "exists and is not a version directory")]:
+        with pytest.raises(esm.ExportError, match=re.escape(message)):
+            esm.export_model(small_model(0), base, version=version, overwrite=True)
+    assert (base / "3" / "saved_model.pb").read_text() == "someone else's"
+    assert sorted(os.listdir(base)) == ["3", "4"]
+
+
+def test_second_export_into_a_base_is_refused_while_one_runs(tmp_path):
+    base = tmp_path / "models"
+    holder = lock_holder(base)
+    try:
+        with pytest.raises(safe_files.OutputLockedError, match=(
+                rf"--export_dir={re.escape(str(base))} is being written by another process "
+                rf"\(pid {holder.pid} on ")):
+            esm.export_model(small_model(0), base)
+    finally:
+        holder.communicate("")
+    assert not os.path.exists(base) or os.listdir(base) == []
+
+
+def test_export_after_a_killed_one_removes_only_its_leftovers(tmp_path, caplog):
+    import logging
+
+    base = tmp_path / "models"
+    first = esm.export_model(small_model(0), base)
+    before = snapshot(first)
+    (base / "notes").mkdir()
+    leftover = base / (esm.TMP_PREFIX + "x1y2z3")  # what a killed export leaves
+    (leftover / "variables").mkdir(parents=True)
+    (leftover / "saved_model.pb").write_bytes(b"\0" * 1000)
+    holder = lock_holder(base)
+    holder.kill()  # killed while exporting: its lock file stays behind
+    holder.wait()
+    with caplog.at_level(logging.INFO):
+        second = esm.export_model(small_model(1), base)
+    assert sorted(os.listdir(base)) == ["1", "2", "notes"]
+    assert snapshot(first) == before and os.path.basename(second) == "2"
+    assert f"removed {leftover} (1,000 bytes), left over by an interrupted earlier run" in (
+        caplog.text)
+    assert f"lock left by {holder.pid} on " in caplog.text
+
+
+def test_cli_errors_are_one_line_exit_2(setup, tmp_path):
+    text_file = tmp_path / "notes.keras"
+    text_file.write_text("not a model")
+    zip_file = tmp_path / "other.keras"
+    shutil.make_archive(str(tmp_path / "other"), "zip", setup["tmp"] / "inputs")
+    os.rename(tmp_path / "other.zip", zip_file)
+    small = tmp_path / "small.keras"
+    small_model(0).save(small)  # its table sizes are not those of the data
+    data_dir = setup["metadata"]["data_dir"]
+    cases = [
+        ([f"--load_model={text_file}"], "not a .keras model file (not a zip archive)"),
+        ([f"--load_model={zip_file}"], "a zip archive without config.json"),
+        ([f"--load_model={small}", f"--processed_data_dir={data_dir}"],
+         "the model was trained on another vocabulary"),
+        ([f"--load_model={tmp_path / 'nope.keras'}"], "nope.keras: no such file"),
+        ([], "the following arguments are required: --load_model"),
+    ]
+    for args, message in cases:
+        result = run_module("export.saved_model", *args, f"--export_dir={tmp_path / 'out'}")
+        assert_one_error_line(result.returncode, result.stderr, message)
+    assert not os.path.exists(tmp_path / "out") or os.listdir(tmp_path / "out") == []
+
+
+def test_grpc_client_missing_inputs_file(tmp_path):
+    result = run_module("export.grpc_client", f"--inputs={tmp_path / 'missing.npz'}")
+    line = assert_one_error_line(result.returncode, result.stderr, "--inputs=")
+    assert "missing.npz" in line and "No such file" in line

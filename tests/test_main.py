@@ -145,3 +145,35 @@ def test_boolean_flags_parse_false_as_false(cli):
     flags.FLAGS(["dlrm", "--arch_interaction_itself=false", "--round_targets=False"])
     assert flags.FLAGS.arch_interaction_itself is False
     assert flags.FLAGS.round_targets is False
+
+
+def test_natural_mistakes_end_in_one_error_line(tmp_path):
+    """Run as a user runs it: a file that is not a model, ids out of range in a
+    shard, an unknown flag; each ends in one ``error:`` line and status 2."""
+    import json
+
+    from cli_check import assert_one_error_line, run_module
+
+    from input_pipeline import convert, synthetic
+
+    notes = tmp_path / "notes.keras"
+    notes.write_text("not a model")
+    raw = tmp_path / "train.txt"
+    synthetic.write_text(str(raw), num_rows=300, seed=1)
+    data = tmp_path / "data"
+    convert.convert("kaggle", raw, data, max_ind_range=50, num_shards=1)
+    metadata = json.loads((data / "metadata.json").read_text())
+    metadata["table_sizes"][4] = 3  # the shards hold ids up to 49 in table 4
+    (data / "metadata.json").write_text(json.dumps(metadata))
+    dataset_flags = [
+        "--data_generation=dataset", f"--processed_data_dir={data}", "--mini_batch_size=64",
+        "--arch_sparse_feature_size=2", "--arch_mlp_bot=13-2", "--arch_mlp_top=4-1", "--plot=false",
+    ]  # fmt: skip
+    cases = [
+        ([f"--load_model={notes}", "--inference_only"], "not a .keras model file"),
+        (dataset_flags, "Ids out of range of table_sizes in shard"),
+        (["--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
+    ]
+    for args, message in cases:
+        result = run_module("dlrm_tf.main", *args, f"--run_dir={tmp_path}/run", cwd=tmp_path)
+        assert_one_error_line(result.returncode, result.stderr, message)

@@ -133,3 +133,18 @@ def test_cli(tmp_path):
     assert result.returncode == 0, result.stderr
     with gzip.open(out, "rt") as f:
         assert f.read().splitlines() == synthetic.generate(1000, seed=3).lines()
+
+
+def test_cli_creates_the_output_directory_and_reports_mistakes_in_one_line(tmp_path):
+    from cli_check import assert_one_error_line, run_module
+
+    output = tmp_path / "new" / "dir" / "train.txt"
+    result = run_module("input_pipeline.synthetic", f"--output={output}", "--num_rows=7")
+    assert result.returncode == 0, result.stderr
+    assert output.read_text().count("\n") == 7
+    result = run_module("input_pipeline.synthetic", "--num_rows=7")
+    assert_one_error_line(result.returncode, result.stderr, "--output must have a value")
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    result = run_module("input_pipeline.synthetic", f"--output={blocked}/train.txt")
+    assert_one_error_line(result.returncode, result.stderr, "File exists")

@@ -440,3 +440,18 @@ def test_one_hot_output_and_errors(tmp_path) -> None:
         synthetic_dataset(
             num_indices_per_lookup=2, **{**common, "trace_file_pattern": str(tmp_path / "no_j")}
         )
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path) -> None:
+    from cli_check import assert_one_error_line, run_module
+
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1, 2, x3\n")
+    cases = [
+        (["profile", f"--trace={tmp_path / 'missing.txt'}", "--output=o"], "missing.txt"),
+        (["profile", f"--trace={bad}", f"--output={tmp_path / 'o'}"], "bad.txt: invalid literal"),
+        (["generate", "--num=3"], "the following arguments are required: --dist, --output"),
+    ]
+    for args, message in cases:
+        result = run_module("input_pipeline.trace", *args)
+        assert_one_error_line(result.returncode, result.stderr, message)
