@@ -140,6 +140,8 @@ def export_model(
         safe_files.remove_leftovers(base, [f"{TMP_PREFIX}*", f"{OLD_PREFIX}*"], logging.warning)
         if version is None:
             version = next_version(base)
+            while os.path.lexists(os.path.join(base, str(version))):  # a file named "4"
+                version += 1
         target = os.path.join(base, str(version))
         _check_target(target, overwrite)
         tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=base)

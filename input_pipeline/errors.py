@@ -49,7 +49,10 @@ def _without_tf_stack(message: str) -> str:
         and not part.startswith(("Graph execution error:", "Detected at node"))
         and not all(line[:1].isspace() for line in part.splitlines() if line)
     ]
-    return "\n".join(kept) if kept else message
+    message = "\n".join(kept) if kept else message
+    # tf.data wraps it in "Error in user-defined function ... transformation ...:".
+    start = message.find("assertion failed:")
+    return message[start:] if start > 0 else message
 
 
 def one_line(error: BaseException) -> str:

@@ -816,7 +816,7 @@ def test_export_after_a_killed_one_removes_only_its_leftovers(tmp_path, caplog):
     assert f"lock left by {holder.pid} on " in caplog.text
 
 
-def test_cli_errors_are_one_line_exit_2(setup, tmp_path):
+def test_cli_errors_are_one_line_exit_2(setup, tmp_path, capsys):
     text_file = tmp_path / "notes.keras"
     text_file.write_text("not a model")
     zip_file = tmp_path / "other.keras"
@@ -825,17 +825,26 @@ def test_cli_errors_are_one_line_exit_2(setup, tmp_path):
     small = tmp_path / "small.keras"
     small_model(0).save(small)  # its table sizes are not those of the data
     data_dir = setup["metadata"]["data_dir"]
+    out = f"--export_dir={tmp_path / 'out'}"
     cases = [
         ([f"--load_model={text_file}"], "not a .keras model file (not a zip archive)"),
         ([f"--load_model={zip_file}"], "a zip archive without config.json"),
+    ]
+    for args, message in cases:  # as a user runs it
+        result = run_module("export.saved_model", *args, out)
+        assert_one_error_line(result.returncode, result.stderr, message)
+    cases = [
         ([f"--load_model={small}", f"--processed_data_dir={data_dir}"],
          "the model was trained on another vocabulary"),
         ([f"--load_model={tmp_path / 'nope.keras'}"], "nope.keras: no such file"),
-        ([], "the following arguments are required: --load_model"),
     ]
-    for args, message in cases:
-        result = run_module("export.saved_model", *args, f"--export_dir={tmp_path / 'out'}")
-        assert_one_error_line(result.returncode, result.stderr, message)
+    for args, message in cases:  # the same main(), in this process (faster)
+        code = esm.main([*args, out])
+        assert_one_error_line(code, capsys.readouterr().err, message)
+    with pytest.raises(SystemExit) as exit_status:
+        esm.main([out])
+    err = capsys.readouterr().err
+    assert_one_error_line(exit_status.value.code, err, "the following arguments are required")
     assert not os.path.exists(tmp_path / "out") or os.listdir(tmp_path / "out") == []
 
 

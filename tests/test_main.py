@@ -174,6 +174,8 @@ def test_natural_mistakes_end_in_one_error_line(tmp_path):
         (dataset_flags, "Ids out of range of table_sizes in shard"),
         (["--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
     ]
+    lines = []
     for args, message in cases:
         result = run_module("dlrm_tf.main", *args, f"--run_dir={tmp_path}/run", cwd=tmp_path)
-        assert_one_error_line(result.returncode, result.stderr, message)
+        lines.append(assert_one_error_line(result.returncode, result.stderr, message))
+    assert lines[1].startswith("error: assertion failed: [Ids out of range of table_sizes")
