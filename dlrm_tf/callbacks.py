@@ -3,7 +3,9 @@ TensorBoard scalars, the best model, backups and profiling."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -34,13 +36,60 @@ def format_test_line(it: int, total: int, epoch: int, metrics: dict, best: dict)
     )
 
 
+# TensorBoard scalars, named for what they average. All are plotted against the global
+# step (optimizer iterations), train and test alike; accuracies are in percent as printed.
+TB_SCALARS = {
+    "train": {
+        "window_loss": "training loss over the iterations since the previous printed line "
+        "(the loss of the printed line)",
+        "window_accuracy": "training accuracy (%) over the iterations since the previous "
+        "printed line (the accuracy of the printed line)",
+        "epoch_loss": "training loss over the whole epoch, written at the epoch's end",
+        "epoch_accuracy": "training accuracy (%) over the whole epoch, written at its end",
+        "learning_rate": "learning rate at the printed line's step",
+        "samples_per_s": "training examples per second over the printed line's window "
+        "(evaluation time excluded)",
+    },
+    "test": {
+        "test_loss": "loss (the training loss function) over the whole test split",
+        "test_auc": "exact ROC AUC over the whole test split",
+        "test_accuracy": "accuracy (%) over the whole test split",
+        "test_log_loss": "log loss (binary cross-entropy) over the whole test split",
+    },
+}
+
+
+def _scalar(tag: str, value: float, run: str) -> None:
+    tf.summary.scalar(tag, value, description=TB_SCALARS[run][tag])
+
+
+def write_hparams(log_dir: str, hparams: dict) -> None:
+    """Writes the run's hyperparameters for TensorBoard's HParams dashboard into
+    ``log_dir``, with the test metrics (the last value of each: the final test) as its
+    metrics, so runs under one ``--logdir`` compare side by side."""
+    from tensorboard.plugins.hparams import api as hp
+
+    metrics = [
+        hp.Metric("test_auc", group="test", display_name="test AUC"),
+        hp.Metric("test_accuracy", group="test", display_name="test accuracy (%)"),
+        hp.Metric("test_log_loss", group="test", display_name="test log loss"),
+    ]
+    writer = tf.summary.create_file_writer(log_dir)
+    with writer.as_default():
+        hp.hparams_config(hparams=[hp.HParam(name) for name in hparams], metrics=metrics)
+        hp.hparams(hparams)
+    writer.close()
+
+
 class ReferenceLogger(keras.callbacks.Callback):
     """Prints progress like the reference, evaluates every ``test_freq`` steps and at
     epoch ends, writes TensorBoard scalars and keeps the best model by test AUC.
 
     Keras reports running means since the start of the epoch; the loss and
     accuracy printed are those of the last ``print_freq`` iterations, as in the
-    reference, recovered from the running sums.
+    reference, recovered from the running sums. With ``progress_bar`` a bar shows
+    the same numbers for the window in progress, drawn so that the printed lines
+    never share its line.
     """
 
     def __init__(
@@ -57,6 +106,8 @@ class ReferenceLogger(keras.callbacks.Callback):
         best_model_path: str,
         save_model: Callable[[str, dict], object],
         log: Callable[[str], None] = print,
+        progress_bar: bool = False,
+        hparams: dict | None = None,
     ) -> None:
         super().__init__()
         self.steps_per_epoch = steps_per_epoch
@@ -69,6 +120,11 @@ class ReferenceLogger(keras.callbacks.Callback):
         self._save_model = save_model
         self.best_model_path = best_model_path
         self.log = log
+        self.progress_bar = progress_bar
+        self._bar: keras.utils.Progbar | None = None
+        self._bar_open = False  # the bar has drawn on a line not yet ended
+        self.examples_seen = 0  # training examples of this process's fit calls
+        self.test_seconds = 0.0  # time spent evaluating
         self.history: list[dict] = []
         self.best: dict | None = None
         self.saved_best = False
@@ -79,6 +135,8 @@ class ReferenceLogger(keras.callbacks.Callback):
                 "train": tf.summary.create_file_writer(os.path.join(tensorboard_dir, "train")),
                 "test": tf.summary.create_file_writer(os.path.join(tensorboard_dir, "test")),
             }
+            if hparams:
+                write_hparams(tensorboard_dir, hparams)
         self.epoch = 0
         self._first_step = 0
         self._fit_examples: int | None = None
@@ -94,8 +152,13 @@ class ReferenceLogger(keras.callbacks.Callback):
         self._window_sum_loss = 0.0
         self._window_sum_acc = 0.0
         self._window_examples = 0
+        self._last_seen = 0
         self._window_start = time.perf_counter()
         self._window_iters = 0
+        if self.progress_bar:
+            self._bar = keras.utils.Progbar(
+                self.steps_per_epoch, stateful_metrics=["loss", "accuracy %"]
+            )
 
     def _global_step(self) -> int:
         return int(self.model.optimizer.iterations.numpy())
@@ -109,8 +172,13 @@ class ReferenceLogger(keras.callbacks.Callback):
         total_loss = float(logs.get("loss", np.nan)) * seen
         total_acc = float(logs.get("accuracy", np.nan)) * seen
         self._window_iters += 1
+        self.examples_seen += seen - self._last_seen
+        self._last_seen = seen
         last = it == self.steps_per_epoch
-        if it % self.print_freq == 0 or last:
+        printing = it % self.print_freq == 0 or last
+        if self._bar is not None:
+            self._update_bar(it, total_loss, total_acc, seen, finalize=printing)
+        if printing:
             examples = seen - self._window_examples
             loss = (total_loss - self._window_sum_loss) / examples
             if not np.isfinite(loss):
@@ -121,7 +189,7 @@ class ReferenceLogger(keras.callbacks.Callback):
             acc = (total_acc - self._window_sum_acc) / examples
             elapsed = time.perf_counter() - self._window_start
             ms = 1000.0 * elapsed / self._window_iters if self.print_time else -1.0
-            self.log(format_train_line(it, self.steps_per_epoch, self.epoch, ms, loss, acc))
+            self.emit(format_train_line(it, self.steps_per_epoch, self.epoch, ms, loss, acc))
             step = self._global_step()
             lr = float(self._current_lr(step))
             record = {
@@ -132,14 +200,16 @@ class ReferenceLogger(keras.callbacks.Callback):
                 "train_accuracy": acc,
                 "learning_rate": lr,
                 "samples_per_s": examples / max(elapsed, 1e-9),
+                "iterations": self._window_iters,  # fewer than print_freq: a partial window
+                "examples": examples,
             }
             self.history.append(record)
             if self._writers:
                 with self._writers["train"].as_default(step=step):
-                    tf.summary.scalar("loss", loss)
-                    tf.summary.scalar("accuracy", acc)
-                    tf.summary.scalar("learning_rate", lr)
-                    tf.summary.scalar("samples_per_s", record["samples_per_s"])
+                    _scalar("window_loss", loss, "train")
+                    _scalar("window_accuracy", 100.0 * acc, "train")
+                    _scalar("learning_rate", lr, "train")
+                    _scalar("samples_per_s", record["samples_per_s"], "train")
             self._window_sum_loss, self._window_sum_acc = total_loss, total_acc
             self._window_examples = seen
             self._window_start = time.perf_counter()
@@ -147,7 +217,34 @@ class ReferenceLogger(keras.callbacks.Callback):
         if self.test_freq > 0 and it % self.test_freq == 0 and not last:
             self.run_test(self._global_step(), it=it)
 
+    def _update_bar(self, it: int, total_loss, total_acc, seen: int, finalize: bool) -> None:
+        """Shows the window in progress; at a printed line the bar ends its line first."""
+        examples = max(seen - self._window_examples, 1)
+        values = [
+            ("loss", (total_loss - self._window_sum_loss) / examples),
+            ("accuracy %", 100.0 * (total_acc - self._window_sum_acc) / examples),
+        ]
+        self._bar.update(it, values, finalize=finalize)
+        self._bar_open = not finalize
+
+    def emit(self, line: str) -> None:
+        """Logs a line; a bar drawn on the current line is ended first, so they never mix."""
+        if self._bar_open:
+            sys.stdout.write("\n")
+            self._bar_open = False
+        self.log(line)
+
     def on_epoch_end(self, epoch, logs=None):
+        if self._writers and self._window_examples:
+            # After the epoch's last printed line the window sums are the epoch's sums.
+            with self._writers["train"].as_default(step=self._global_step()):
+                _scalar("epoch_loss", self._window_sum_loss / self._window_examples, "train")
+                _scalar(
+                    "epoch_accuracy",
+                    100.0 * self._window_sum_acc / self._window_examples,
+                    "train",
+                )
+            self._writers["train"].flush()
         if self._evaluate is not None:
             self.run_test(self._global_step(), it=self.steps_per_epoch)
 
@@ -164,6 +261,9 @@ class ReferenceLogger(keras.callbacks.Callback):
         started = time.perf_counter()
         metrics = self._evaluate()
         metrics["seconds"] = time.perf_counter() - started
+        self.test_seconds += metrics["seconds"]
+        if hasattr(self, "_window_start"):
+            self._window_start += metrics["seconds"]  # ms/it and samples/s: training only
         self.last_test_step = step
         improved = (
             self.best is None
@@ -178,13 +278,14 @@ class ReferenceLogger(keras.callbacks.Callback):
                 "accuracy": max(self.best["accuracy"], metrics["accuracy"]),
             }
         it = self.steps_per_epoch if it is None else it
-        self.log(format_test_line(it, self.steps_per_epoch, self.epoch, metrics, self.best))
+        self.emit(format_test_line(it, self.steps_per_epoch, self.epoch, metrics, self.best))
         entry = {"step": step, "epoch": self.epoch, "it": it, "test": metrics}
         self.history.append(entry)
         if self._writers:
             with self._writers["test"].as_default(step=step):
-                for key in ("loss", "auc", "accuracy", "log_loss"):
-                    tf.summary.scalar(key, metrics[key])
+                for key in ("loss", "auc", "log_loss"):
+                    _scalar(f"test_{key}", metrics[key], "test")
+                _scalar("test_accuracy", 100.0 * metrics["accuracy"], "test")
             for writer in self._writers.values():
                 writer.flush()
         if self.best_model_path and (improved or np.isnan(metrics["auc"])):
@@ -212,9 +313,12 @@ class BackupCallback(keras.callbacks.Callback):
 class ProfileCallback(keras.callbacks.Callback):
     """Captures a TensorFlow profiler trace of ``num_steps`` steps (TensorBoard's Profile tab)."""
 
-    def __init__(self, log_dir: str, start: int, num_steps: int) -> None:
+    def __init__(
+        self, log_dir: str, start: int, num_steps: int, log: Callable[[str], None] = print
+    ) -> None:
         super().__init__()
         self.log_dir = log_dir
+        self.log = log
         self.start = start
         self.stop = start + num_steps - 1  # the last profiled step (1-based)
         self.done = False
@@ -237,6 +341,19 @@ class ProfileCallback(keras.callbacks.Callback):
         tf.profiler.experimental.stop()
         self._running = False
         self.done = True
+        self.log(profile_message(self.log_dir))
+
+
+def profile_message(log_dir: str) -> str:
+    """Where the profiler trace went and what viewing it needs."""
+    where = os.path.join(log_dir, "plugins", "profile")
+    view = f"tensorboard --logdir {log_dir}, Profile tab"
+    if importlib.util.find_spec("tensorboard_plugin_profile") is None:
+        view += (
+            "; the tab needs the profiler plugin: pip install tensorboard-plugin-profile "
+            '(or pip install -e ".[profile]")'
+        )
+    return f"Profiler trace written to {where} (view it: {view})"
 
 
 def print_debug(model, model_config, source, global_batch: int, log=print) -> None:

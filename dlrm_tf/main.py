@@ -133,7 +133,19 @@ def train_config_from_flags(run_dir: str) -> TrainConfig:
         steps_per_execution=FLAGS.steps_per_execution,
         plot=FLAGS.plot,
         progress_bar=FLAGS.progress_bar,
+        config_file=",".join(_flagfiles(sys.argv)),
     )
+
+
+def _flagfiles(argv: list[str]) -> list[str]:
+    """The --flagfile arguments of a command line (absl keeps no record of them)."""
+    found = []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--flagfile="):
+            found.append(arg.split("=", 1)[1])
+        elif arg == "--flagfile" and i + 1 < len(argv):
+            found.append(argv[i + 1])
+    return found
 
 
 def _prepare_generated_criteo(data_dir: str, rows: int, seed: int) -> None:
@@ -259,12 +271,23 @@ def main(argv: list[str]) -> int:
     del argv
     from input_pipeline import errors
 
+    started = time.time()
     try:
         result = execute()
     except Exception as err:  # noqa: BLE001  (every failure: one line, exit 2; --verbose)
         return errors.report(err)
-    for name, path in result.artifacts.items():
-        print(f"{name}: {path}")
+    history = result.artifacts.get("history")
+    if history:
+        import json
+
+        from dlrm_tf.summary import format_summary, run_summary
+
+        with open(history) as f:
+            summary = run_summary(json.load(f))
+        print(format_summary(summary, result.artifacts, time.time() - started))
+    else:
+        for name, path in result.artifacts.items():
+            print(f"{name}: {path}")
     return 0
 
 

@@ -62,6 +62,7 @@ class TrainConfig:
     steps_per_execution: int = 1
     plot: bool = True
     progress_bar: bool = False
+    config_file: str = ""  # the flag file(s) the run came from, for the plot's title
 
     @property
     def test_batch_size(self) -> int:
@@ -109,6 +110,61 @@ def compile_model(model: DLRM, config: TrainConfig) -> None:
         loss=make_loss(config),
         metrics=[RoundedAccuracy(config.round_targets)],
         steps_per_execution=config.steps_per_execution,
+    )
+
+
+def describe_data(source: DataSource, examples: int) -> str:
+    """The data in a few words: where it came from and its rows per epoch."""
+    if source.from_files:
+        return f"{source.config.processed_data_dir} ({examples:,} train rows)"
+    return f"{source.config.generation} data ({examples:,} rows/epoch)"
+
+
+def placement(strategy: tf.distribute.Strategy) -> str:
+    """Where the replicas run, e.g. ``one device (/cpu:0)``, ``MirroredStrategy, 2
+    replicas (CPU:0, CPU:1)``."""
+    devices = [d.split("/device:")[-1] for d in _local_devices(strategy)]
+    if strategy.num_replicas_in_sync == 1 and len(devices) == 1:
+        return f"one device ({devices[0]})"
+    name = type(strategy).__name__
+    return f"{name}, {strategy.num_replicas_in_sync} replicas ({', '.join(devices)})"
+
+
+def run_hparams(
+    model_config: ModelConfig, config: TrainConfig, strategy: tf.distribute.Strategy, data: str
+) -> dict:
+    """The run's hyperparameters as TensorBoard's HParams dashboard shows them."""
+    cfg = model_config
+    return {
+        "config_file": config.config_file or "(flags only)",
+        "data": data,
+        "embedding_dim": cfg.embedding_dim,
+        "tables": len(cfg.table_sizes),
+        "table_rows": int(sum(cfg.table_sizes)),
+        "bottom_mlp": "-".join(map(str, cfg.bottom_mlp)),
+        "top_mlp": "-".join(map(str, cfg.top_mlp)),
+        "interaction": cfg.interaction + ("+itself" if cfg.interaction_itself else ""),
+        "optimizer": config.optimizer,
+        "learning_rate": float(config.learning_rate),
+        "lr_warmup_decay": (
+            f"{config.lr_num_warmup_steps}/{config.lr_decay_start_step}/{config.lr_num_decay_steps}"
+        ),
+        "loss_function": config.loss_function,
+        "mini_batch_size": config.mini_batch_size,
+        "nepochs": config.nepochs,
+        "precision": "float32" if config.mixed_precision == "none" else config.mixed_precision,
+        "placement": placement(strategy),
+        "seed": config.seed,
+    }
+
+
+def run_title(hparams: dict) -> str:
+    """Two lines naming the run (the plot's title): config and data; how it trained."""
+    return (
+        f"{hparams['config_file']} | data: {hparams['data']}\n"
+        f"{hparams['optimizer']} lr {hparams['learning_rate']:g}, batch "
+        f"{hparams['mini_batch_size']}, {hparams['loss_function']} | {hparams['precision']} | "
+        f"{hparams['placement']}"
     )
 
 
@@ -185,6 +241,8 @@ def run(
         )
 
     tb_dir = cfg.tensorboard_dir or os.path.join(cfg.run_dir, "tensorboard")
+    epoch_examples = source.examples_per_epoch(cfg.mini_batch_size, steps)
+    hparams = run_hparams(model_config, cfg, strategy, describe_data(source, epoch_examples))
     logger = cb.ReferenceLogger(
         steps_per_epoch=steps,
         global_batch=cfg.mini_batch_size,
@@ -197,18 +255,17 @@ def run(
         best_model_path=cfg.save_model if chief else "",
         save_model=lambda path, metrics: checkpoints.save_model(model, path, metrics),
         log=log,
+        progress_bar=cfg.progress_bar,
+        hparams=hparams,
     )
+    # The logger writes every TensorBoard scalar; Keras's TensorBoard callback would add
+    # curves of other meanings (running means since the epoch's start) and suppress
+    # summaries at steps that are not multiples of its update_freq.
     callbacks: list[keras.callbacks.Callback] = [logger]
     if backup is not None:
         callbacks.append(cb.BackupCallback(backup, cfg.backup_every))
-    if chief:
-        callbacks.append(
-            keras.callbacks.TensorBoard(
-                tb_dir, update_freq=max(cfg.print_freq, 1), write_graph=False, profile_batch=0
-            )
-        )
     profile = (
-        cb.ProfileCallback(tb_dir, start=min(5, steps), num_steps=3)
+        cb.ProfileCallback(tb_dir, start=min(5, steps), num_steps=3, log=logger.emit)
         if (cfg.enable_profiling and chief)
         else None
     )
@@ -220,9 +277,7 @@ def run(
     for epoch in range(start_step // steps, cfg.nepochs):
         skip = max(0, start_step - epoch * steps)
         data = source.train_dataset(strategy, cfg.mini_batch_size, steps, epoch=epoch, skip=skip)
-        logger.start_epoch(
-            epoch, first_step=skip, examples=source.examples_per_epoch(cfg.mini_batch_size, steps)
-        )
+        logger.start_epoch(epoch, first_step=skip, examples=epoch_examples)
         model.fit(
             data,
             initial_epoch=epoch,
@@ -230,10 +285,11 @@ def run(
             steps_per_epoch=steps - skip,
             callbacks=callbacks,
             shuffle=False,
-            verbose=1 if cfg.progress_bar else 0,
+            verbose=0,  # the logger draws --progress_bar
         )
     total_steps = int(model.optimizer.iterations.numpy())
     elapsed = time.time() - started
+    loop_test_seconds = logger.test_seconds
 
     test_metrics = None
     if has_test and (logger.last_test_step != total_steps):
@@ -253,6 +309,11 @@ def run(
                     "test": test_metrics,
                     "steps": total_steps,
                     "seconds": elapsed,
+                    "test_seconds": loop_test_seconds,
+                    "start_step": start_step,
+                    "steps_per_epoch": steps,
+                    "examples": logger.examples_seen,
+                    "run": run_title(hparams),
                 },
                 f,
                 indent=1,
@@ -266,7 +327,13 @@ def run(
         if cfg.plot and logger.history:
             from dlrm_tf.plot import plot_history
 
-            png = plot_history(logger.history, os.path.join(cfg.run_dir, "training.png"))
+            png = plot_history(
+                logger.history,
+                os.path.join(cfg.run_dir, "training.png"),
+                title=run_title(hparams),
+                loss_name=cfg.loss_function,
+                print_freq=cfg.print_freq,
+            )
             if png:
                 artifacts["plot"] = png
     return RunResult(model, logger.history, test_metrics, total_steps, artifacts, chief)
