@@ -90,6 +90,25 @@ def _local_devices(strategy: tf.distribute.Strategy) -> tuple[str, ...]:
         return ("/cpu:0",)
 
 
+class OutOfDataError(ValueError):
+    """An epoch's input ended before its planned steps (a bug or a changed dataset)."""
+
+
+def _check_epoch_ran(model: DLRM, before: int, planned: int, epoch: int, source) -> None:
+    """Raises ``OutOfDataError`` unless ``fit`` trained all ``planned`` steps.
+
+    Keras only warns when the input runs out and ends the epoch early; here that
+    means rows went untrained, so it is an error.
+    """
+    ran = int(model.optimizer.iterations.numpy()) - before
+    if ran < planned:
+        raise OutOfDataError(
+            f"epoch {epoch}: the input ended after {ran} of {planned} steps "
+            f"({source.config.processed_data_dir or source.config.generation} data); "
+            "check that the data was not changed since its metadata.json was written"
+        )
+
+
 def make_loss(config: TrainConfig) -> DLRMLoss:
     return DLRMLoss(config.loss_function, config.loss_weights, config.round_targets)
 
@@ -151,7 +170,7 @@ def run(
         step = int(model.optimizer.iterations.numpy())
         log(f"Loaded model state from {cfg.load_model} at step {step}")
 
-    steps = source.steps_per_epoch(cfg.mini_batch_size, drop_remainder=replicas > 1)
+    steps = source.steps_per_epoch(cfg.mini_batch_size)
     test_steps = source.test_steps(cfg.test_batch_size, steps)
     # Like the reference, generated data is tested only when --test_freq asks for it.
     has_test = source.has_split("test") and (source.from_files or cfg.test_freq > 0)
@@ -223,6 +242,7 @@ def run(
         logger.start_epoch(
             epoch, first_step=skip, examples=source.examples_per_epoch(cfg.mini_batch_size, steps)
         )
+        before = int(model.optimizer.iterations.numpy())
         model.fit(
             data,
             initial_epoch=epoch,
@@ -232,6 +252,7 @@ def run(
             shuffle=False,
             verbose=1 if cfg.progress_bar else 0,
         )
+        _check_epoch_ran(model, before, steps - skip, epoch, source)
     total_steps = int(model.optimizer.iterations.numpy())
     elapsed = time.time() - started
 
