@@ -184,7 +184,9 @@ def run(
         if not has_test:
             raise ValueError("--inference_only: the data has no test split to evaluate")
         metrics = evaluator.evaluate(test_data())
-        log(cb.format_test_line(0, steps, 0, metrics, metrics))
+        step = int(model.optimizer.iterations.numpy())
+        epoch = max(step - 1, 0) // steps
+        log(cb.format_test_line(step - epoch * steps, steps, epoch, metrics, metrics))
         return RunResult(
             model, [], metrics, int(model.optimizer.iterations.numpy()), artifacts, chief
         )
@@ -217,9 +219,14 @@ def run(
         save_model=lambda path, metrics: checkpoints.save_model(model, path, metrics),
         log=log,
     )
+    # The best test metrics travel with the model: a resumed run must beat them.
+    if backup is not None and backup.best_metrics is not None:
+        logger.best = backup.best_metrics
+    elif cfg.load_model:
+        logger.best = checkpoints.saved_best_metrics(cfg.load_model)
     callbacks: list[keras.callbacks.Callback] = [logger]
     if backup is not None:
-        callbacks.append(cb.BackupCallback(backup, cfg.backup_every))
+        callbacks.append(cb.BackupCallback(backup, cfg.backup_every, lambda: logger.best))
     if chief:
         callbacks.append(
             keras.callbacks.TensorBoard(
@@ -236,6 +243,47 @@ def run(
 
     start_step = int(model.optimizer.iterations.numpy())
     started = time.time()
+    try:
+        _train_epochs(model, source, strategy, cfg, steps, start_step, logger, callbacks)
+    except cb.TrainingDivergedError:
+        if chief:  # what was learnt up to the divergence stays readable
+            _write_history(cfg.run_dir, logger.history, None, model, time.time() - started)
+        raise
+    total_steps = int(model.optimizer.iterations.numpy())
+    elapsed = time.time() - started
+
+    test_metrics = None
+    if has_test and (logger.last_test_step != total_steps):
+        test_metrics = logger.run_test(total_steps, final=True)
+    elif has_test:
+        test_metrics = logger.history[-1].get("test")
+    if backup is not None:
+        backup.save(force=True, best=logger.best)
+
+    if chief:
+        history_path = _write_history(cfg.run_dir, logger.history, test_metrics, model, elapsed)
+        artifacts["history"] = history_path
+        artifacts["tensorboard"] = tb_dir
+        if cfg.save_model:
+            if not has_test:  # nothing to rank models by: the trained model is the result
+                checkpoints.save_model(model, cfg.save_model, metrics=test_metrics)
+            elif not logger.saved_best:
+                log(
+                    f"{cfg.save_model} not replaced: no evaluation beat the best test AUC "
+                    f"{logger.best['auc']:.4f} carried from {cfg.load_model or 'earlier'}"
+                )
+            artifacts["model"] = cfg.save_model
+        if cfg.plot and logger.history:
+            from dlrm_tf.plot import plot_history
+
+            png = plot_history(logger.history, os.path.join(cfg.run_dir, "training.png"))
+            if png:
+                artifacts["plot"] = png
+    return RunResult(model, logger.history, test_metrics, total_steps, artifacts, chief)
+
+
+def _train_epochs(model, source, strategy, cfg, steps, start_step, logger, callbacks) -> None:
+    """One ``fit`` per epoch from ``start_step`` on (a resumed epoch skips its trained steps)."""
     for epoch in range(start_step // steps, cfg.nepochs):
         skip = max(0, start_step - epoch * steps)
         data = source.train_dataset(strategy, cfg.mini_batch_size, steps, epoch=epoch, skip=skip)
@@ -253,41 +301,15 @@ def run(
             verbose=1 if cfg.progress_bar else 0,
         )
         _check_epoch_ran(model, before, steps - skip, epoch, source)
-    total_steps = int(model.optimizer.iterations.numpy())
-    elapsed = time.time() - started
 
-    test_metrics = None
-    if has_test and (logger.last_test_step != total_steps):
-        test_metrics = logger.run_test(total_steps, final=True)
-    elif has_test:
-        test_metrics = logger.history[-1].get("test")
-    if backup is not None:
-        backup.save(force=True)
 
-    if chief:
-        os.makedirs(cfg.run_dir, exist_ok=True)
-        history_path = os.path.join(cfg.run_dir, "history.json")
-        with open(history_path, "w") as f:
-            json.dump(
-                {
-                    "history": logger.history,
-                    "test": test_metrics,
-                    "steps": total_steps,
-                    "seconds": elapsed,
-                },
-                f,
-                indent=1,
-            )
-        artifacts["history"] = history_path
-        artifacts["tensorboard"] = tb_dir
-        if cfg.save_model:
-            if not logger.saved_best:
-                checkpoints.save_model(model, cfg.save_model, metrics=test_metrics)
-            artifacts["model"] = cfg.save_model
-        if cfg.plot and logger.history:
-            from dlrm_tf.plot import plot_history
-
-            png = plot_history(logger.history, os.path.join(cfg.run_dir, "training.png"))
-            if png:
-                artifacts["plot"] = png
-    return RunResult(model, logger.history, test_metrics, total_steps, artifacts, chief)
+def _write_history(run_dir: str, history: list, test: dict | None, model, seconds: float) -> str:
+    """Writes ``run_dir/history.json`` (printed records, final test metrics, steps)."""
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, "history.json")
+    steps = int(model.optimizer.iterations.numpy())
+    with open(path, "w") as f:
+        json.dump(
+            {"history": history, "test": test, "steps": steps, "seconds": seconds}, f, indent=1
+        )
+    return path
