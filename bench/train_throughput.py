@@ -97,7 +97,7 @@ def main(argv) -> int:
     with strategy.scope():
         model = build_model(model_config, jit_compile=train_config.jit_compile)
         compile_model(model, train_config)
-    steps = min(total, source.steps_per_epoch(batch, strategy.num_replicas_in_sync > 1))
+    steps = min(total, source.steps_per_epoch(batch))
     data = source.train_dataset(strategy, batch, steps)
     timer = StepTimer(FLAGS.bench_warmup_steps)
     model.fit(data, epochs=1, steps_per_epoch=steps, callbacks=[timer], verbose=0, shuffle=False)

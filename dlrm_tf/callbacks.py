@@ -13,6 +13,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dlrm_tf.metrics import NonFiniteScoresError
+
 
 class TrainingDivergedError(ValueError):
     """The training loss became NaN or infinite."""
@@ -169,7 +171,14 @@ class ReferenceLogger(keras.callbacks.Callback):
         seen = (batch + 1) * self.global_batch  # examples since this fit call began
         if self._fit_examples is not None:
             seen = min(seen, self._fit_examples)
-        total_loss = float(logs.get("loss", np.nan)) * seen
+        running_loss = float(logs.get("loss", np.nan))
+        if not np.isfinite(running_loss):  # checked every step: stop where it happens
+            raise TrainingDivergedError(
+                f"the training loss became {running_loss} at iteration {it} of epoch "
+                f"{self.epoch} (step {self._global_step()}): training diverged; lower "
+                "--learning_rate (or add warm-up steps)"
+            )
+        total_loss = running_loss * seen
         total_acc = float(logs.get("accuracy", np.nan)) * seen
         self._window_iters += 1
         self.examples_seen += seen - self._last_seen
@@ -259,17 +268,20 @@ class ReferenceLogger(keras.callbacks.Callback):
         if self._evaluate is None:
             return None
         started = time.perf_counter()
-        metrics = self._evaluate()
+        try:
+            metrics = self._evaluate()
+        except NonFiniteScoresError as error:
+            raise TrainingDivergedError(f"at step {step}: {error}") from error
         metrics["seconds"] = time.perf_counter() - started
         self.test_seconds += metrics["seconds"]
         if hasattr(self, "_window_start"):
             self._window_start += metrics["seconds"]  # ms/it and samples/s: training only
         self.last_test_step = step
+        # Predictions are finite here (else NonFiniteScoresError); AUC is NaN only when
+        # the test labels hold one class, and then the latest model stands in.
         improved = (
-            self.best is None
-            or metrics["auc"] > self.best["auc"]
-            or (np.isnan(self.best["auc"]) and not np.isnan(metrics["auc"]))
-        )
+            self.best is None or metrics["auc"] > self.best["auc"] or np.isnan(self.best["auc"])
+        ) and np.isfinite(metrics["loss"])
         if self.best is None:
             self.best = dict(metrics)
         else:
@@ -288,7 +300,7 @@ class ReferenceLogger(keras.callbacks.Callback):
                 _scalar("test_accuracy", 100.0 * metrics["accuracy"], "test")
             for writer in self._writers.values():
                 writer.flush()
-        if self.best_model_path and (improved or np.isnan(metrics["auc"])):
+        if self.best_model_path and improved:
             self._save_model(self.best_model_path, metrics)
             self.saved_best = True
         return metrics
@@ -297,17 +309,18 @@ class ReferenceLogger(keras.callbacks.Callback):
 class BackupCallback(keras.callbacks.Callback):
     """Writes a crash-safe backup every ``every`` steps and at each epoch's end."""
 
-    def __init__(self, backup, every: int) -> None:
+    def __init__(self, backup, every: int, best: Callable[[], dict | None] = lambda: None) -> None:
         super().__init__()
         self.backup = backup
         self.every = max(1, every)
+        self.best = best  # the best test metrics so far, saved with each backup
 
     def on_train_batch_end(self, batch, logs=None):
         if int(self.model.optimizer.iterations.numpy()) % self.every == 0:
-            self.backup.save()
+            self.backup.save(best=self.best())
 
     def on_epoch_end(self, epoch, logs=None):
-        self.backup.save()
+        self.backup.save(best=self.best())
 
 
 class ProfileCallback(keras.callbacks.Callback):

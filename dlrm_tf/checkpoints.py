@@ -83,6 +83,18 @@ def save_model(model: DLRM, path: str, metrics: dict | None = None) -> str:
     return path
 
 
+def saved_best_metrics(path: str) -> dict | None:
+    """The test metrics ``save_model`` recorded beside ``path`` (None if there are none)."""
+    try:
+        with open(path + ".json") as f:
+            test = json.load(f).get("test")
+    except (OSError, ValueError):
+        return None
+    if not test or "auc" not in test:
+        return None
+    return {"auc": float(test["auc"]), "accuracy": float(test.get("accuracy", 0.0))}
+
+
 def load_model(path: str, compile: bool = False) -> DLRM:
     """Loads a model written by ``save_model`` (the custom classes registered)."""
     import dlrm_tf.losses  # noqa: F401  (registers the loss and metric)
@@ -163,7 +175,11 @@ class Backup:
         """
         self.model = model
         self.directory = directory
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+        # The best test metrics so far travel with the backup (JSON; "" = none yet).
+        self._best = tf.Variable("", dtype=tf.string, trainable=False)
+        self.checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=model.optimizer, best_metrics=self._best
+        )
         own = directory if task is None else os.path.join(directory, f".{task}")
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, own, max_to_keep=max_to_keep, step_counter=None
@@ -184,11 +200,19 @@ class Backup:
         self._last_saved_step = int(self.model.optimizer.iterations.numpy())
         return True
 
-    def save(self, force: bool = False) -> str | None:
-        """Writes a backup at the current step (once per step)."""
+    @property
+    def best_metrics(self) -> dict | None:
+        """The best test metrics recorded with the restored backup, if any."""
+        text = self._best.numpy().decode()
+        return json.loads(text) if text else None
+
+    def save(self, force: bool = False, best: dict | None = None) -> str | None:
+        """Writes a backup at the current step (once per step), with ``best`` metrics."""
         step = int(self.model.optimizer.iterations.numpy())
         if step == self._last_saved_step and not force:
             return None
+        if best is not None:
+            self._best.assign(json.dumps({k: float(best[k]) for k in ("auc", "accuracy")}))
         self._last_saved_step = step
         return self.manager.save(checkpoint_number=step)
 

@@ -4,9 +4,16 @@
 ``({"dense_features", "sparse_features"}, labels)`` ready for ``model.fit``
 under any ``tf.distribute`` strategy:
 
-- converted TFRecords are read per input pipeline with
-  ``strategy.distribute_datasets_from_function`` (each worker reads its own
-  shards; ``mini_batch_size`` is the global batch);
+- converted TFRecords are read as one seeded stream of global batches
+  (``mini_batch_size`` rows; the last partial global batch of an epoch is
+  dropped under every strategy, so every replica count trains the same
+  batches); with several replicas every input pipeline (one per worker) reads
+  that same stream and keeps its slice of each global batch, split into
+  per-replica batches (``strategy.distribute_datasets_from_function``). So an
+  epoch trains each of its ``steps * mini_batch_size`` rows exactly once on 1
+  device, N mirrored replicas or N workers, and a resumed run skips exactly the
+  global batches already trained. The price: every worker reads the whole
+  training split;
 - generated data is made as global batches and split across replicas with
   ``strategy.experimental_distribute_dataset``, so a mirrored run sees exactly
   the batches a single-device run sees.
@@ -70,11 +77,14 @@ class DataSource:
         """Whether the converted data has examples in ``split``."""
         return self._split_rows(split) > 0 if self.from_files else True
 
-    def steps_per_epoch(self, global_batch: int, drop_remainder: bool) -> int:
-        """Training steps in one epoch (``--num_batches`` caps it)."""
+    def steps_per_epoch(self, global_batch: int) -> int:
+        """Training steps in one epoch (``--num_batches`` caps it).
+
+        Converted data: full global batches only (the last partial one is dropped).
+        Generated data: ``ceil(data_size / batch)``, the reference's batches.
+        """
         if self.from_files:
-            rows = self._split_rows("train")
-            steps = rows // global_batch if drop_remainder else math.ceil(rows / global_batch)
+            steps = self._split_rows("train") // global_batch
         else:
             steps = math.ceil(self.config.data_size / global_batch)
         if self.config.num_batches > 0:
@@ -92,9 +102,7 @@ class DataSource:
 
     def examples_per_epoch(self, global_batch: int, steps: int) -> int:
         """Training examples in an epoch of ``steps`` batches (the last may be partial)."""
-        if self.from_files:
-            return min(steps * global_batch, self._split_rows("train"))
-        if self.config.num_batches > 0:
+        if self.from_files or self.config.num_batches > 0:
             return steps * global_batch
         return min(steps * global_batch, self.config.data_size)
 
@@ -147,19 +155,17 @@ class DataSource:
             from input_pipeline import dataset as files
 
             def dataset_fn(ctx: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+                # The same seeded stream of full global batches in every process.
                 ds = files.make_dataset(
                     cfg.processed_data_dir,
                     "train",
                     global_batch,
                     shuffle=True,
                     seed=cfg.seed + epoch,
-                    input_context=ctx,
-                    drop_remainder=strategy.num_replicas_in_sync > 1,
-                    # One process reads whole epochs; workers reading their own files
-                    # may hold unequal row counts, so theirs repeat to fill every step.
-                    repeat=ctx is not None and ctx.num_input_pipelines > 1,
+                    drop_remainder=True,
                 )
-                return ds.skip(skip).take(steps - skip)
+                ds = ds.skip(skip).take(steps - skip)
+                return ds if ctx is None else _pipeline_share(ds, ctx, global_batch)
 
             return _distribute_fn(strategy, dataset_fn)
         # Generated data: every epoch sees the same batches, like the reference's.
@@ -192,6 +198,27 @@ class DataSource:
         strategy = tf.distribute.get_strategy()
         ds = self.train_dataset(strategy, global_batch, count)
         return list(ds.take(count).as_numpy_iterator())
+
+
+def _pipeline_share(
+    ds: tf.data.Dataset, ctx: tf.distribute.InputContext, global_batch: int
+) -> tf.data.Dataset:
+    """This input pipeline's slice of each global batch, as per-replica batches.
+
+    Pipeline ``i`` of ``n`` keeps rows ``[i * B / n, (i + 1) * B / n)`` of every
+    global batch and yields them in batches of ``B / replicas`` for its local
+    replicas, which take consecutive elements.
+    """
+    share = global_batch // ctx.num_input_pipelines
+    start = ctx.input_pipeline_id * share
+
+    def keep(features: dict, labels: tf.Tensor):
+        return {k: v[start : start + share] for k, v in features.items()}, labels[
+            start : start + share
+        ]
+
+    per_replica = ctx.get_per_replica_batch_size(global_batch)
+    return ds.map(keep).rebatch(per_replica, drop_remainder=True)
 
 
 def _distribute(strategy: tf.distribute.Strategy, ds: tf.data.Dataset):

@@ -62,6 +62,9 @@ def data_config_from_flags() -> DataConfig:
     for name in ("mini_batch_size", "nepochs", "print_freq", "num_indices_per_lookup"):
         if FLAGS[name].value <= 0:
             raise ConfigError(f"--{name}={FLAGS[name].value}: must be a positive integer")
+    for name in ("num_batches", "test_num_batches"):
+        if FLAGS[name].value < 0:
+            raise ConfigError(f"--{name}={FLAGS[name].value}: must be >= 0 (0 = all the data)")
     if FLAGS.data_generation != "dataset" and FLAGS.num_batches <= 0 and FLAGS.data_size <= 0:
         raise ConfigError("--data_size must be positive (or give --num_batches)")
     return DataConfig(

@@ -13,10 +13,23 @@ import numpy as np
 _EPS = 1e-7
 
 
+class NonFiniteScoresError(ValueError):
+    """Predictions are NaN or infinite, so AUC and the other metrics are undefined."""
+
+
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Exact ROC AUC of ``scores`` for binary ``labels``; NaN if one class is absent."""
+    """Exact ROC AUC of ``scores`` for binary ``labels``; NaN if one class is absent.
+
+    Raises:
+      NonFiniteScoresError: a score is NaN or infinite (a ranking of them means nothing).
+    """
     labels = np.asarray(labels).reshape(-1) > 0.5
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if not np.isfinite(scores).all():
+        bad = int((~np.isfinite(scores)).sum())
+        raise NonFiniteScoresError(
+            f"{bad} of {scores.size} test predictions are not finite: the model diverged"
+        )
     num_pos = int(labels.sum())
     num_neg = labels.size - num_pos
     if num_pos == 0 or num_neg == 0:

@@ -91,6 +91,25 @@ def _local_devices(strategy: tf.distribute.Strategy) -> tuple[str, ...]:
         return ("/cpu:0",)
 
 
+class OutOfDataError(ValueError):
+    """An epoch's input ended before its planned steps (a bug or a changed dataset)."""
+
+
+def _check_epoch_ran(model: DLRM, before: int, planned: int, epoch: int, source) -> None:
+    """Raises ``OutOfDataError`` unless ``fit`` trained all ``planned`` steps.
+
+    Keras only warns when the input runs out and ends the epoch early; here that
+    means rows went untrained, so it is an error.
+    """
+    ran = int(model.optimizer.iterations.numpy()) - before
+    if ran < planned:
+        raise OutOfDataError(
+            f"epoch {epoch}: the input ended after {ran} of {planned} steps "
+            f"({source.config.processed_data_dir or source.config.generation} data); "
+            "check that the data was not changed since its metadata.json was written"
+        )
+
+
 def make_loss(config: TrainConfig) -> DLRMLoss:
     return DLRMLoss(config.loss_function, config.loss_weights, config.round_targets)
 
@@ -207,7 +226,7 @@ def run(
         step = int(model.optimizer.iterations.numpy())
         log(f"Loaded model state from {cfg.load_model} at step {step}")
 
-    steps = source.steps_per_epoch(cfg.mini_batch_size, drop_remainder=replicas > 1)
+    steps = source.steps_per_epoch(cfg.mini_batch_size)
     test_steps = source.test_steps(cfg.test_batch_size, steps)
     # Like the reference, generated data is tested only when --test_freq asks for it.
     has_test = source.has_split("test") and (source.from_files or cfg.test_freq > 0)
@@ -221,7 +240,9 @@ def run(
         if not has_test:
             raise ValueError("--inference_only: the data has no test split to evaluate")
         metrics = evaluator.evaluate(test_data())
-        log(cb.format_test_line(0, steps, 0, metrics, metrics))
+        step = int(model.optimizer.iterations.numpy())
+        epoch = max(step - 1, 0) // steps
+        log(cb.format_test_line(step - epoch * steps, steps, epoch, metrics, metrics))
         return RunResult(
             model, [], metrics, int(model.optimizer.iterations.numpy()), artifacts, chief
         )
@@ -258,12 +279,17 @@ def run(
         progress_bar=cfg.progress_bar,
         hparams=hparams,
     )
+    # The best test metrics travel with the model: a resumed run must beat them.
+    if backup is not None and backup.best_metrics is not None:
+        logger.best = backup.best_metrics
+    elif cfg.load_model:
+        logger.best = checkpoints.saved_best_metrics(cfg.load_model)
     # The logger writes every TensorBoard scalar; Keras's TensorBoard callback would add
     # curves of other meanings (running means since the epoch's start) and suppress
     # summaries at steps that are not multiples of its update_freq.
     callbacks: list[keras.callbacks.Callback] = [logger]
     if backup is not None:
-        callbacks.append(cb.BackupCallback(backup, cfg.backup_every))
+        callbacks.append(cb.BackupCallback(backup, cfg.backup_every, lambda: logger.best))
     profile = (
         cb.ProfileCallback(tb_dir, start=min(5, steps), num_steps=3, log=logger.emit)
         if (cfg.enable_profiling and chief)
@@ -274,19 +300,15 @@ def run(
 
     start_step = int(model.optimizer.iterations.numpy())
     started = time.time()
-    for epoch in range(start_step // steps, cfg.nepochs):
-        skip = max(0, start_step - epoch * steps)
-        data = source.train_dataset(strategy, cfg.mini_batch_size, steps, epoch=epoch, skip=skip)
-        logger.start_epoch(epoch, first_step=skip, examples=epoch_examples)
-        model.fit(
-            data,
-            initial_epoch=epoch,
-            epochs=epoch + 1,
-            steps_per_epoch=steps - skip,
-            callbacks=callbacks,
-            shuffle=False,
-            verbose=0,  # the logger draws --progress_bar
-        )
+    history_extra = {"start_step": start_step, "steps_per_epoch": steps,
+                     "run": run_title(hparams)}
+    try:
+        _train_epochs(model, source, strategy, cfg, steps, start_step, logger, callbacks)
+    except cb.TrainingDivergedError:
+        if chief:  # what was learnt up to the divergence stays readable
+            _write_history(cfg.run_dir, logger, None, model, time.time() - started,
+                           history_extra)
+        raise
     total_steps = int(model.optimizer.iterations.numpy())
     elapsed = time.time() - started
     loop_test_seconds = logger.test_seconds
@@ -297,32 +319,23 @@ def run(
     elif has_test:
         test_metrics = logger.history[-1].get("test")
     if backup is not None:
-        backup.save(force=True)
+        backup.save(force=True, best=logger.best)
 
     if chief:
-        os.makedirs(cfg.run_dir, exist_ok=True)
-        history_path = os.path.join(cfg.run_dir, "history.json")
-        with open(history_path, "w") as f:
-            json.dump(
-                {
-                    "history": logger.history,
-                    "test": test_metrics,
-                    "steps": total_steps,
-                    "seconds": elapsed,
-                    "test_seconds": loop_test_seconds,
-                    "start_step": start_step,
-                    "steps_per_epoch": steps,
-                    "examples": logger.examples_seen,
-                    "run": run_title(hparams),
-                },
-                f,
-                indent=1,
-            )
+        history_path = _write_history(
+            cfg.run_dir, logger, test_metrics, model, elapsed,
+            dict(history_extra, test_seconds=loop_test_seconds),
+        )
         artifacts["history"] = history_path
         artifacts["tensorboard"] = tb_dir
         if cfg.save_model:
-            if not logger.saved_best:
+            if not has_test:  # nothing to rank models by: the trained model is the result
                 checkpoints.save_model(model, cfg.save_model, metrics=test_metrics)
+            elif not logger.saved_best:
+                log(
+                    f"{cfg.save_model} not replaced: no evaluation beat the best test AUC "
+                    f"{logger.best['auc']:.4f} carried from {cfg.load_model or 'earlier'}"
+                )
             artifacts["model"] = cfg.save_model
         if cfg.plot and logger.history:
             from dlrm_tf.plot import plot_history
@@ -337,3 +350,43 @@ def run(
             if png:
                 artifacts["plot"] = png
     return RunResult(model, logger.history, test_metrics, total_steps, artifacts, chief)
+
+
+def _train_epochs(model, source, strategy, cfg, steps, start_step, logger, callbacks) -> None:
+    """One ``fit`` per epoch from ``start_step`` on (a resumed epoch skips its trained steps)."""
+    for epoch in range(start_step // steps, cfg.nepochs):
+        skip = max(0, start_step - epoch * steps)
+        data = source.train_dataset(strategy, cfg.mini_batch_size, steps, epoch=epoch, skip=skip)
+        logger.start_epoch(
+            epoch, first_step=skip, examples=source.examples_per_epoch(cfg.mini_batch_size, steps)
+        )
+        before = int(model.optimizer.iterations.numpy())
+        model.fit(
+            data,
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            steps_per_epoch=steps - skip,
+            callbacks=callbacks,
+            shuffle=False,
+            verbose=0,  # the logger draws --progress_bar
+        )
+        _check_epoch_ran(model, before, steps - skip, epoch, source)
+
+
+def _write_history(
+    run_dir: str, logger, test: dict | None, model, seconds: float, extra: dict
+) -> str:
+    """Writes ``run_dir/history.json`` (printed records, final test metrics, steps, run facts)."""
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, "history.json")
+    record = {
+        "history": logger.history,
+        "test": test,
+        "steps": int(model.optimizer.iterations.numpy()),
+        "seconds": seconds,
+        "examples": logger.examples_seen,
+        **extra,
+    }
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
+    return path

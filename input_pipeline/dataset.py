@@ -227,7 +227,9 @@ def make_dataset(
         and each pipeline yields ``input_context.get_per_replica_batch_size(...)``.
       shuffle: shuffle shards, blocks and rows (training).
       repeat: repeat forever (epochs are not separated).
-      seed: seed for shuffling (deterministic order when given).
+      seed: seed for shuffling: the order is then a function of the seed alone
+        (the same in every process and every iteration of the dataset, unless
+        ``repeat``).
       input_context: from ``strategy.distribute_datasets_from_function``; shards
         the files (or, with fewer files than pipelines, the blocks) so every
         pipeline reads a disjoint part and together they read every row once.
@@ -262,8 +264,11 @@ def make_dataset(
     shard_list = tf.data.Dataset.from_tensor_slices(
         (tf.constant(files, tf.string), tf.constant(blocks, tf.int64))
     )
+    # A seeded order is a function of the seed alone, however often the dataset is
+    # iterated (Keras may open an iterator before training's); each epoch gets its seed.
+    reshuffle = seed is None or repeat
     if shuffle:
-        shard_list = shard_list.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        shard_list = shard_list.shuffle(len(files), seed=seed, reshuffle_each_iteration=reshuffle)
     cycle = max(1, len(files) if not shuffle else min(len(files), 16))
     records = shard_list.interleave(
         lambda path, count: _read_shard(path, count, compression),
@@ -282,7 +287,9 @@ def make_dataset(
         deterministic=not shuffle or seed is not None,
     )
     if shuffle:
-        columns = columns.shuffle(2 * shuffle_blocks, seed=seed)
+        columns = columns.shuffle(
+            2 * shuffle_blocks, seed=seed, reshuffle_each_iteration=reshuffle
+        )
         group_rows = shuffle_blocks * int(metadata.get("block_rows", 4096))
         columns = columns.rebatch(group_rows)
         # Per-group seeds derived from the element count keep a seeded run reproducible.

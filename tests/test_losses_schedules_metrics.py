@@ -100,3 +100,12 @@ def test_binary_metrics():
     assert m["auc"] == pytest.approx(0.75)
     want = -np.mean(np.log([0.9, 0.8, 0.4, 0.4]))
     assert m["log_loss"] == pytest.approx(want, rel=1e-9)
+
+
+def test_auc_of_non_finite_scores_is_an_error():
+    from dlrm_tf.metrics import NonFiniteScoresError, binary_metrics
+
+    labels = np.array([0, 1, 0, 1])
+    for bad in (np.nan, np.inf):
+        with pytest.raises(NonFiniteScoresError, match="1 of 4 test predictions"):
+            binary_metrics(labels, np.array([0.1, bad, 0.3, 0.8]))

@@ -120,6 +120,7 @@ def cli(capsys, tmp_path):
         (["--save_model=model.h5"], r"must end in .keras"),
         (["--loss_weights=1-2-3"], r"--loss_weights='1-2-3'"),
         (["--mini_batch_size=0"], r"--mini_batch_size=0: must be a positive integer"),
+        (["--num_batches=-5"], r"--num_batches=-5: must be >= 0 \(0 = all the data\)"),
         (["--use_gpu"], r"--use_gpu: no GPU is visible"),
         (
             ["--arch_embedding_size=4000000000-3-2"],

@@ -148,3 +148,60 @@ def test_load_model_resumes_training_where_it_stopped(tmp_path):
     assert got_steps == want_steps == 20
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def run_cli(*flags):
+    cmd = [sys.executable, "-m", "dlrm_tf.main", *ARCH, *flags]
+    return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+
+
+def test_a_diverging_resumed_run_keeps_the_best_model(tmp_path):
+    best = tmp_path / "best.keras"
+    common = [
+        "--mini_batch_size=16",
+        "--num_batches=20",
+        "--test_freq=10",
+        "--print_freq=10",
+        "--loss_function=bce",
+        "--round_targets",
+    ]
+    run_job(tmp_path / "a.npz", *common, f"--save_model={best}", f"--run_dir={tmp_path}/a")
+    model_bytes, info = best.read_bytes(), (tmp_path / "best.keras.json").read_text()
+    assert np.isfinite(json.loads(info)["test"]["auc"])
+    proc = run_cli(
+        *common,
+        "--nepochs=2",
+        "--learning_rate=1e30",
+        f"--load_model={best}",
+        f"--save_model={best}",
+        f"--run_dir={tmp_path}/b",
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: the training loss became nan"), error
+    step = int(re.search(r"\(step (\d+)\)", error)[1])
+    assert step > json.loads(info)["step"]
+    # The best model and its metrics are untouched; the run stopped at the step that
+    # diverged, and its history up to there is written.
+    assert best.read_bytes() == model_bytes
+    assert (tmp_path / "best.keras.json").read_text() == info
+    assert json.loads((tmp_path / "b" / "history.json").read_text())["steps"] == step
+
+
+def test_a_resumed_run_that_does_not_improve_keeps_the_best_model(tmp_path):
+    best = tmp_path / "best.keras"
+    common = ["--mini_batch_size=16", "--num_batches=20", "--test_freq=20", "--loss_function=bce"]
+    run_job(tmp_path / "a.npz", *common, f"--save_model={best}", f"--run_dir={tmp_path}/a")
+    info = (tmp_path / "best.keras.json").read_text()
+    # lr 0: the resumed epoch ends at the loaded model's AUC, which does not beat it.
+    proc = run_job(
+        tmp_path / "b.npz",
+        *common,
+        "--nepochs=2",
+        "--learning_rate=0",
+        f"--load_model={best}",
+        f"--save_model={best}",
+        f"--run_dir={tmp_path}/b",
+    )
+    assert "not replaced" in proc.stdout
+    assert (tmp_path / "best.keras.json").read_text() == info

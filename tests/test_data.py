@@ -1,0 +1,131 @@
+"""Every training row once per epoch on converted data, under 1-4 mirrored replicas and
+two workers, and resumed runs skip exactly the rows already trained.
+
+Rows are counted from the batches themselves: the raw data's first integer
+column is the line number, so each training example names its row.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_multi_worker import free_ports
+
+from input_pipeline import convert
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+JOB = os.path.join(ROOT, "tests", "row_count_job.py")
+BATCH = 12  # the jobs' --mini_batch_size
+
+
+def write_numbered_rows(path, num_rows, seed=0):
+    """Criteo text whose integer column I1 is the 0-based line number."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        for row in range(num_rows):
+            ints = [str(row)] + [""] * 12
+            cats = [f"{int(v):08x}" for v in rng.integers(0, 5, 26)]
+            f.write("\t".join([str(int(rng.integers(0, 2))), *ints, *cats]) + "\n")
+
+
+def numbered_data(tmp_path, num_rows):
+    """Converted data (shuffled training rows, several shards and blocks) and its train rows."""
+    raw = tmp_path / "numbered.txt"
+    write_numbered_rows(raw, num_rows)
+    out = tmp_path / "data"
+    metadata = convert.convert(
+        "kaggle", raw, out, num_shards=3, block_rows=10, data_randomize="total"
+    )
+    # The reference's split: the first 6 of 7 "days" train.
+    train_rows = sum(convert.kaggle_day_sizes(num_rows)[:6])
+    assert metadata["rows"]["train"] == train_rows
+    return str(out), train_rows
+
+
+def env(**extra):
+    e = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    e.pop("TF_CONFIG", None)
+    e.update(extra)
+    return e
+
+
+def assert_once_each(counts, train_rows, num_steps):
+    """Trained rows: exactly the full global batches; no row twice, none outside train."""
+    counts = np.asarray(counts)
+    assert counts.max() <= 1, np.flatnonzero(counts > 1)
+    assert counts[train_rows:].sum() == 0
+    assert counts.sum() == num_steps * BATCH
+
+
+@pytest.mark.slow
+def test_mirrored_replicas_train_every_row_once_and_resume_exactly(tmp_path):
+    # 150 lines: 129 train rows = 10 full batches of 12 + 9 rows (the dropped partial batch).
+    data_dir, train_rows = numbered_data(tmp_path, 150)
+    steps = train_rows // BATCH
+    assert (steps, train_rows % BATCH) == (10, 9)
+    procs = {}
+    for k in (1, 2, 3, 4):  # two at a time: the machine has 2 cores
+        work = tmp_path / f"r{k}"
+        work.mkdir()
+        cmd = [sys.executable, JOB, str(work / "report.json"), data_dir, str(k)]
+        procs[k] = subprocess.Popen(
+            cmd, cwd=work, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        if k % 2 == 0:
+            for j in (k - 1, k):
+                err = procs[j].communicate(timeout=600)[1]
+                assert procs[j].returncode == 0, err[-4000:]
+    report = {k: json.loads((tmp_path / f"r{k}" / "report.json").read_text()) for k in procs}
+    for k, run in report.items():
+        assert run["steps"] == steps, k
+        assert_once_each(run["counts"], train_rows, steps)
+        last = f"Finished training it {steps}/{steps} of epoch 0"
+        assert any(line.startswith(last) for line in run["lines"]), run["lines"]
+    # Every replica count trains the same rows (the same global batches).
+    assert report[1]["counts"] == report[2]["counts"] == report[3]["counts"] == report[4]["counts"]
+    for k in (3, 4):  # resumed from a backup (3 replicas) and by --load_model (4)
+        first, second = report[k]["resumed"]["counts"]
+        assert sum(first) == 5 * BATCH and sum(second) == (steps - 5) * BATCH, k
+        assert_once_each(np.add(first, second), train_rows, steps)
+        printed = [line for line in report[k]["resumed"]["lines"] if line.startswith("Finished")]
+        assert printed[0].startswith(f"Finished training it 8/{steps} of epoch 0"), printed
+
+
+@pytest.mark.slow
+def test_two_workers_train_every_row_once(tmp_path):
+    data_dir, train_rows = numbered_data(tmp_path, 168)  # 144 train rows: 12 batches
+    steps = train_rows // BATCH
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
+    procs, outs = [], []
+    for index in range(2):
+        work = tmp_path / f"w{index}"
+        work.mkdir()
+        outs.append(work / "report.json")
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, JOB, str(outs[-1]), data_dir, "worker"],
+                cwd=work,
+                env=env(TF_CONFIG=tf_config),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=300)[0])
+    finally:
+        for p in procs:
+            p.kill()
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log[-4000:]
+    reports = [json.loads(o.read_text()) for o in outs]
+    assert [r["steps"] for r in reports] == [steps, steps]
+    # Each worker trained half of every global batch; together every row once.
+    assert [sum(r["counts"]) for r in reports] == [steps * BATCH // 2] * 2
+    assert_once_each(np.add(reports[0]["counts"], reports[1]["counts"]), train_rows, steps)
