@@ -6,18 +6,32 @@
     python bench/train_throughput.py --flagfile=configs/bench.flags \
         --num_cpu_replicas=2 --distribution_strategy=mirrored      # mirrored path
 
-Takes the trainer's flags. Measured in the same process as the baseline: the
-dense-only bound, i.e. the same MLPs trained on the same batch size with the
-embedding lookups replaced by a constant tensor (what the model would reach if
-embeddings, input and optimizer scatters cost nothing). Last line: one JSON
-object with ``samples_per_s``, ``ms_per_step``, ``dense_only_samples_per_s`` and
-their ratio.
+Takes the trainer's flags. Measured in the same process as the training run:
+
+* the machine: its CPU model and the rate of ``tf.matmul`` 2048x1024x1024 in
+  float32 and bfloat16, and from it the model's GEMM time, i.e. the MLPs'
+  multiply-adds of a training step (forward and both backward products, no
+  interaction) at that rate, in the run's precision; ``ratio_to_gemm`` is the
+  step time over it;
+* the dense-only bound: the same MLPs trained on the same batch size with the
+  embedding lookups replaced by a constant tensor (what the model would reach if
+  embeddings, input and optimizer scatters cost nothing).
+
+Generated data is made by NumPy inside the input pipeline, which on a small
+machine competes with training for the cores; ``--bench_cache_batches=N``
+(default 10, at most the warm-up steps) trains on the first N batches again and
+again from a cache filled during warm-up, so the timed steps measure training
+alone (as the reference's printed ms/it, which excludes its data generation);
+0 generates every batch. Last line: one JSON object with ``samples_per_s``,
+``ms_per_step``, ``gemm_ms_per_step``, ``ratio_to_gemm``,
+``dense_only_samples_per_s`` and the ratio to it, the CPU and its GEMM rates.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import platform
 import sys
 import time
 
@@ -32,6 +46,9 @@ from dlrm_tf.train import compile_model, set_precision
 
 flags.DEFINE_integer("bench_warmup_steps", 15, "Steps not timed.")
 flags.DEFINE_integer("bench_steps", 60, "Steps timed.")
+flags.DEFINE_integer(
+    "bench_cache_batches", 10, "Repeat the first N batches from a cache (0: generate all)."
+)
 FLAGS = flags.FLAGS
 
 
@@ -44,13 +61,60 @@ class StepTimer(keras.callbacks.Callback):
         self.start: float | None = None
         self.end: float | None = None
         self.timed = 0
+        self._first = 0
 
     def on_train_batch_end(self, batch, logs=None):
-        if batch + 1 == self.warmup:
-            self.start = time.perf_counter()
-        elif batch + 1 > self.warmup:
-            self.timed += 1
-            self.end = time.perf_counter()
+        # ``batch`` is the last step of the call (several with steps_per_execution).
+        done = batch + 1
+        if self.start is None and done >= self.warmup:
+            self.start, self._first = time.perf_counter(), done
+        elif self.start is not None:
+            self.timed, self.end = done - self._first, time.perf_counter()
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), with its bf16 and AMX flags."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return platform.processor() or "unknown"
+    name = next(
+        (line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line),
+        "unknown",
+    )
+    cpu_flags = next(
+        (line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")),
+        [],
+    )
+    extras = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile") if f in cpu_flags]
+    return f"{name} ({', '.join(extras) or 'no bf16 or AMX flags'})"
+
+
+def gemm_gflops(dtype: tf.DType, m: int = 2048, k: int = 1024, n: int = 1024) -> float:
+    """Best-of-5 rate of ``tf.matmul`` [m, k] x [k, n] in ``dtype``, GFLOP/s."""
+    a = tf.cast(tf.random.normal([m, k]), dtype)
+    b = tf.cast(tf.random.normal([k, n]), dtype)
+    matmul = tf.function(tf.matmul)
+    for _ in range(3):
+        matmul(a, b).numpy()
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(10):
+            c = matmul(a, b)
+        c.numpy()
+        best = min(best, (time.perf_counter() - started) / 10)
+    return 2.0 * m * k * n / best / 1e9
+
+
+def mlp_flops_per_sample(model_config) -> float:
+    """Training FLOPs of the MLPs per example: 3 products (forward, 2 backward) per layer."""
+    widths = list(model_config.bottom_mlp)
+    macs = sum(a * b for a, b in zip(widths, widths[1:], strict=False))
+    top = [model_config.interaction_width, *model_config.top_mlp]
+    macs += sum(a * b for a, b in zip(top, top[1:], strict=False))
+    return 3 * 2.0 * macs
 
 
 def dense_only_rate(model, batch: int, steps: int, warmup: int) -> float:
@@ -99,6 +163,14 @@ def main(argv) -> int:
         compile_model(model, train_config)
     steps = min(total, source.steps_per_epoch(batch))
     data = source.train_dataset(strategy, batch, steps)
+    cache = FLAGS.bench_cache_batches
+    generated = FLAGS.data_generation != "dataset"
+    if cache > FLAGS.bench_warmup_steps:
+        print("error: --bench_cache_batches must be <= --bench_warmup_steps", file=sys.stderr)
+        return 2
+    cache = cache if generated and strategy.num_replicas_in_sync == 1 else 0
+    if cache > 0:
+        data = data.take(cache).cache().repeat()
     timer = StepTimer(FLAGS.bench_warmup_steps)
     model.fit(data, epochs=1, steps_per_epoch=steps, callbacks=[timer], verbose=0, shuffle=False)
     if timer.start is None or timer.end is None or timer.timed == 0:
@@ -108,9 +180,20 @@ def main(argv) -> int:
     rate = batch * timer.timed / seconds
     # The baseline runs on one device: a fresh copy of the model outside the strategy.
     dense_rate = dense_only_rate(build_model(model_config), batch, FLAGS.bench_steps, 5)
+    rates = {
+        name: gemm_gflops(dtype) for name, dtype in (("fp32", tf.float32), ("bf16", tf.bfloat16))
+    }
+    precision = "bf16" if FLAGS.mixed_precision == "bfloat16" else "fp32"
+    gemm_ms = 1000 * mlp_flops_per_sample(model_config) * batch / (rates[precision] * 1e9)
+    ms_per_step = 1000 * seconds / timer.timed
     result = {
+        "cpu": cpu_model(),
+        "gemm_gflops_fp32": round(rates["fp32"], 1),
+        "gemm_gflops_bf16": round(rates["bf16"], 1),
         "samples_per_s": round(rate, 1),
-        "ms_per_step": round(1000 * seconds / timer.timed, 3),
+        "ms_per_step": round(ms_per_step, 3),
+        "gemm_ms_per_step": round(gemm_ms, 3),
+        "ratio_to_gemm": round(ms_per_step / gemm_ms, 3),
         "dense_only_samples_per_s": round(dense_rate, 1),
         "ratio_to_dense_only": round(rate / dense_rate, 3),
         "batch": batch,
@@ -120,6 +203,8 @@ def main(argv) -> int:
         "optimizer": FLAGS.optimizer,
         "mixed_precision": FLAGS.mixed_precision,
         "jit_compile": FLAGS.jit_compile,
+        "steps_per_execution": FLAGS.steps_per_execution,
+        "cached_batches": cache,
     }
     print(json.dumps(result))
     return 0
