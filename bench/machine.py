@@ -1,4 +1,4 @@
-"""What machine a benchmark ran on: benches print it beside their figures."""
+"""What machine a benchmark ran on: every bench prints it beside its figures."""
 
 from __future__ import annotations
 
@@ -6,12 +6,19 @@ import platform
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
+    """The CPU's model name (``/proc/cpuinfo``), with its bf16 and AMX flags."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            info = f.read()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or "unknown"
+    name = next(
+        (line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line),
+        "unknown",
+    )
+    cpu_flags = next(
+        (line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")),
+        [],
+    )
+    extras = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile") if f in cpu_flags]
+    return f"{name} ({', '.join(extras) or 'no bf16 or AMX flags'})"

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
+import os
 import sys
 import time
 
@@ -40,6 +40,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.machine import cpu_model  # noqa: E402  (run as a script: the repo root first)
 from dlrm_tf import main as cli
 from dlrm_tf.model import build_model
 from dlrm_tf.train import compile_model, set_precision
@@ -70,25 +72,6 @@ class StepTimer(keras.callbacks.Callback):
             self.start, self._first = time.perf_counter(), done
         elif self.start is not None:
             self.timed, self.end = done - self._first, time.perf_counter()
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), with its bf16 and AMX flags."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-    except OSError:
-        return platform.processor() or "unknown"
-    name = next(
-        (line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line),
-        "unknown",
-    )
-    cpu_flags = next(
-        (line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")),
-        [],
-    )
-    extras = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile") if f in cpu_flags]
-    return f"{name} ({', '.join(extras) or 'no bf16 or AMX flags'})"
 
 
 def gemm_gflops(dtype: tf.DType, m: int = 2048, k: int = 1024, n: int = 1024) -> float:
