@@ -128,6 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.export_dir:
             path = args.export_dir
+            if not tf.saved_model.contains_saved_model(path):
+                raise FileNotFoundError(
+                    f"--export_dir={path}: no SavedModel there (give a version directory, "
+                    "e.g. BASE/1, written by export.saved_model)"
+                )
         else:
             tmp = tempfile.mkdtemp(prefix="dlrm-serving-bench-")
             path = export_bench_model(tmp, args.max_rows, args.seed)

@@ -265,7 +265,7 @@ def test_bench_scripts_report_mistakes_in_one_line(tmp_path):
     from cli_check import assert_one_error_line, run_module
 
     result = run_module("bench.serving", f"--export_dir={tmp_path / 'none'}")
-    assert_one_error_line(result.returncode, result.stderr, "SavedModel file does not exist at")
+    assert_one_error_line(result.returncode, result.stderr, "none: no SavedModel there")
     result = run_module("bench.pipeline", "--num_rows=x")
     assert_one_error_line(result.returncode, result.stderr, "--num_rows: invalid int value: 'x'")
     result = run_module("bench.train_throughput", "--nope")
