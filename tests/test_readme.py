@@ -13,6 +13,7 @@ TINY = [
     "--arch_mlp_bot=13-8-16",
     "--arch_mlp_top=8-1",
     "--num_batches=2",
+    "--mini_batch_size=128",  # the generated splits hold fewer rows than Terabyte's 2048
     "--export_dir=",
 ]
 
