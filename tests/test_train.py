@@ -92,17 +92,20 @@ def test_resume_after_sigkill_continues_from_backup(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+# A short run with two tests in it: enough for a best model to be chosen and saved.
+BEST_MODEL_RUN = [
+    "--mini_batch_size=16",
+    "--num_batches=20",
+    "--test_freq=10",
+    "--print_freq=10",
+    "--loss_function=bce",
+    "--round_targets",
+]
+
+
 def test_best_model_and_inference_only(tmp_path):
     best = tmp_path / "best.keras"
-    common = [
-        "--mini_batch_size=16",
-        "--num_batches=20",
-        "--test_freq=10",
-        "--print_freq=10",
-        "--loss_function=bce",
-        "--round_targets",
-        "--optimizer=adagrad",
-    ]
+    common = [*BEST_MODEL_RUN, "--optimizer=adagrad"]
     proc = run_job(tmp_path / "a.npz", *common, f"--save_model={best}", f"--run_dir={tmp_path}/a")
     tests = re.findall(r"Testing at - .* loss (\S+), auc (\S+),", proc.stdout)
     assert len(tests) == 2
@@ -157,14 +160,7 @@ def run_cli(*flags):
 
 def test_a_diverging_resumed_run_keeps_the_best_model(tmp_path):
     best = tmp_path / "best.keras"
-    common = [
-        "--mini_batch_size=16",
-        "--num_batches=20",
-        "--test_freq=10",
-        "--print_freq=10",
-        "--loss_function=bce",
-        "--round_targets",
-    ]
+    common = BEST_MODEL_RUN
     run_job(tmp_path / "a.npz", *common, f"--save_model={best}", f"--run_dir={tmp_path}/a")
     model_bytes, info = best.read_bytes(), (tmp_path / "best.keras.json").read_text()
     assert np.isfinite(json.loads(info)["test"]["auc"])
