@@ -42,7 +42,8 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.machine import cpu_model  # noqa: E402  (run as a script: the repo root first)
-from dlrm_tf import main as cli
+from dlrm_tf import flags as dlrm_flags  # noqa: E402  (the trainer's flags and their configs)
+from dlrm_tf import job  # noqa: E402
 from dlrm_tf.model import build_model
 from dlrm_tf.train import compile_model, set_precision
 
@@ -129,16 +130,12 @@ def dense_only_rate(model, batch: int, steps: int, warmup: int) -> float:
 
 def main(argv) -> int:
     del argv
-    if FLAGS.data_generation == "dataset":
-        # Table sizes come from the data; the flag file's random-data sizes do not apply.
-        FLAGS["arch_embedding_size"].present = 0
-    data_config = cli.data_config_from_flags()
-    run_dir = FLAGS.run_dir or "runs/bench"
-    train_config = cli.train_config_from_flags(run_dir)
-    strategy = cli.strategy_from_flags()
+    # Table sizes come from converted data; the flag file's random-data sizes stand unused.
+    run = dlrm_flags.run_config(FLAGS, "runs/bench", ignore_table_sizes=True)
     total = FLAGS.bench_warmup_steps + FLAGS.bench_steps
-    data_config = dataclasses.replace(data_config, num_batches=total)
-    source, model_config = cli.source_and_model_config(data_config)
+    run = dataclasses.replace(run, data=dataclasses.replace(run.data, num_batches=total))
+    train_config = run.train
+    strategy, source, model_config = job.set_up(run)
     set_precision(train_config.mixed_precision)
     batch = train_config.mini_batch_size
     with strategy.scope():
@@ -147,7 +144,7 @@ def main(argv) -> int:
     steps = min(total, source.steps_per_epoch(batch))
     data = source.train_dataset(strategy, batch, steps)
     cache = FLAGS.bench_cache_batches
-    generated = FLAGS.data_generation != "dataset"
+    generated = run.data.generation != "dataset"
     if cache > FLAGS.bench_warmup_steps:
         print("error: --bench_cache_batches must be <= --bench_warmup_steps", file=sys.stderr)
         return 2
@@ -166,7 +163,7 @@ def main(argv) -> int:
     rates = {
         name: gemm_gflops(dtype) for name, dtype in (("fp32", tf.float32), ("bf16", tf.bfloat16))
     }
-    precision = "bf16" if FLAGS.mixed_precision == "bfloat16" else "fp32"
+    precision = "bf16" if train_config.mixed_precision == "bfloat16" else "fp32"
     gemm_ms = 1000 * mlp_flops_per_sample(model_config) * batch / (rates[precision] * 1e9)
     ms_per_step = 1000 * seconds / timer.timed
     result = {
@@ -182,11 +179,11 @@ def main(argv) -> int:
         "batch": batch,
         "timed_steps": timer.timed,
         "replicas": strategy.num_replicas_in_sync,
-        "data": FLAGS.data_generation,
-        "optimizer": FLAGS.optimizer,
-        "mixed_precision": FLAGS.mixed_precision,
-        "jit_compile": FLAGS.jit_compile,
-        "steps_per_execution": FLAGS.steps_per_execution,
+        "data": run.data.generation,
+        "optimizer": train_config.optimizer,
+        "mixed_precision": train_config.mixed_precision,
+        "jit_compile": train_config.jit_compile,
+        "steps_per_execution": train_config.steps_per_execution,
         "cached_batches": cache,
     }
     print(json.dumps(result))
@@ -196,4 +193,7 @@ def main(argv) -> int:
 if __name__ == "__main__":
     from input_pipeline.errors import parse_absl_flags, run_cli
 
-    app.run(lambda argv: run_cli(lambda: main(argv)), flags_parser=parse_absl_flags)
+    app.run(
+        lambda argv: run_cli(lambda: main(argv), dlrm_flags.FIELD_FLAGS),
+        flags_parser=parse_absl_flags,
+    )

@@ -176,7 +176,7 @@ class ReferenceLogger(keras.callbacks.Callback):
             raise TrainingDivergedError(
                 f"the training loss became {running_loss} at iteration {it} of epoch "
                 f"{self.epoch} (step {self._global_step()}): training diverged; lower "
-                "--learning_rate (or add warm-up steps)"
+                "`learning_rate` (or add warm-up steps)"
             )
         total_loss = running_loss * seen
         total_acc = float(logs.get("accuracy", np.nan)) * seen
@@ -193,7 +193,7 @@ class ReferenceLogger(keras.callbacks.Callback):
             if not np.isfinite(loss):
                 raise TrainingDivergedError(
                     f"the training loss became {loss} by iteration {it} of epoch {self.epoch}: "
-                    "training diverged; lower --learning_rate (or add warm-up steps)"
+                    "training diverged; lower `learning_rate` (or add warm-up steps)"
                 )
             acc = (total_acc - self._window_sum_acc) / examples
             elapsed = time.perf_counter() - self._window_start

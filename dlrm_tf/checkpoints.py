@@ -44,17 +44,17 @@ def save_model(model: DLRM, path: str, metrics: dict | None = None) -> str:
     place and get the usual permissions under the umask.
     """
     if not path.endswith(".keras"):
-        raise ValueError(f"--save_model={path}: the file name must end in .keras")
+        raise ValueError(f"`save_model`={path}: the file name must end in .keras")
     path = os.path.abspath(path)
     if os.path.lexists(path):
         problem = safe_files.keras_archive_problem(path)
         if problem or os.path.islink(path):
             raise safe_files.NotOursError(
-                f"--save_model={path} exists and is {problem or 'a symlink'}; refusing to "
-                "replace it: choose another --save_model"
+                f"`save_model`={path} exists and is {problem or 'a symlink'}; refusing to "
+                "replace it: choose another `save_model`"
             )
     directory, name = os.path.split(path)
-    with safe_files.exclusive(path, f"--save_model={path}", logging.warning):
+    with safe_files.exclusive(path, f"`save_model`={path}", logging.warning):
         safe_files.remove_leftovers(
             directory, [f".{name}.*.keras", f".{name}.json.*.json"], logging.warning
         )
@@ -103,17 +103,17 @@ def load_model(path: str, compile: bool = False) -> DLRM:
 
     problem = safe_files.keras_archive_problem(path)
     if problem == "no such file":
-        raise FileNotFoundError(f"--load_model={path}: no such file")
+        raise FileNotFoundError(f"`load_model`={path}: no such file")
     if problem:
-        raise ValueError(f"--load_model={path}: {problem}")
+        raise ValueError(f"`load_model`={path}: {problem}")
     try:
         model = keras.saving.load_model(path, compile=compile)
     except Exception as error:  # noqa: BLE001  (Keras raises many kinds for a bad file)
         raise ValueError(
-            f"--load_model={path}: cannot be loaded as a DLRM model ({errors.one_line(error)})"
+            f"`load_model`={path}: cannot be loaded as a DLRM model ({errors.one_line(error)})"
         ) from error
     if not isinstance(model, DLRM):
-        raise ValueError(f"--load_model={path}: not a DLRM model ({type(model).__name__})")
+        raise ValueError(f"`load_model`={path}: not a DLRM model ({type(model).__name__})")
     return model
 
 
@@ -133,7 +133,7 @@ def restore_model_state(model: DLRM, path: str, with_optimizer: bool = True) -> 
             if theirs.get(key) != ours.get(key)
         )
         raise ValueError(
-            f"--load_model={path}: its architecture differs from the flags' ({differing}); "
+            f"`load_model`={path}: its architecture differs from the flags' ({differing}); "
             "give the flags it was trained with"
         )
     for target, source in zip(model.weights, saved.weights, strict=True):
@@ -141,19 +141,19 @@ def restore_model_state(model: DLRM, path: str, with_optimizer: bool = True) -> 
     if not with_optimizer:
         return
     if saved.optimizer is None:
-        raise ValueError(f"--load_model={path}: the file holds no optimizer state")
+        raise ValueError(f"`load_model`={path}: the file holds no optimizer state")
     saved.optimizer.build(saved.trainable_variables)
     targets, sources = model.optimizer.variables, saved.optimizer.variables
     if len(targets) != len(sources):
         raise ValueError(
-            f"--load_model={path}: optimizer state has {len(sources)} variables, the "
-            f"--optimizer chosen has {len(targets)}; use the optimizer it was trained with"
+            f"`load_model`={path}: optimizer state has {len(sources)} variables, the "
+            f"`optimizer` chosen has {len(targets)}; use the optimizer it was trained with"
         )
     for target, source in zip(targets, sources, strict=True):
         value = np.asarray(source.numpy())
         if tuple(target.shape) != value.shape:
             raise ValueError(
-                f"--load_model={path}: optimizer variable {target.path} has shape "
+                f"`load_model`={path}: optimizer variable {target.path} has shape "
                 f"{tuple(target.shape)}, saved {value.shape}"
             )
         target.assign(value)
@@ -225,6 +225,6 @@ def backup_lock(directory: str, task: str | None = None) -> Iterator[None]:
     checkpoint directories (``*_temp``) a killed save left there."""
     own = directory if task is None else os.path.join(directory, f".{task}")
     os.makedirs(own, exist_ok=True)
-    with safe_files.exclusive(own, f"--backup_dir={own}", logging.warning):
+    with safe_files.exclusive(own, f"`backup_dir`={own}", logging.warning):
         safe_files.remove_leftovers(own, ["*_temp"], logging.warning)
         yield

@@ -15,7 +15,11 @@ OPTIMIZERS = ("sgd", "adagrad", "adam")
 
 
 class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the flag."""
+    """A configuration value is invalid.
+
+    The message names the config field at fault as `field` (backquoted); a command
+    line shows it as its flag (``input_pipeline.errors.with_flag_names``).
+    """
 
 
 def parse_dash_list(text: str, flag: str) -> tuple[int, ...]:
@@ -23,7 +27,7 @@ def parse_dash_list(text: str, flag: str) -> tuple[int, ...]:
 
     Args:
       text: the flag's value.
-      flag: the flag's name, used in error messages.
+      flag: the field's (or flag's) name, used in error messages.
 
     Returns:
       The integers, in order.
@@ -37,7 +41,7 @@ def parse_dash_list(text: str, flag: str) -> tuple[int, ...]:
         item = item.strip()
         if not item.isdigit() or int(item) <= 0:
             raise ConfigError(
-                f"--{flag}={text!r}: expected positive integers separated by '-', "
+                f"`{flag}`={text!r}: expected positive integers separated by '-', "
                 f"e.g. '4-3-2'; {item!r} is not a positive integer"
             )
         values.append(int(item))
@@ -97,43 +101,39 @@ class ModelConfig:
         return self.bottom_mlp[-1] + pairs
 
     def validate(self) -> None:
-        """Checks the architecture; raises ConfigError naming the flag at fault."""
+        """Checks the architecture; raises ConfigError naming the field at fault."""
         if self.embedding_dim <= 0:
-            raise ConfigError(
-                f"--arch_sparse_feature_size={self.embedding_dim}: must be a positive integer"
-            )
+            raise ConfigError(f"`embedding_dim`={self.embedding_dim}: must be a positive integer")
         if not self.table_sizes:
-            raise ConfigError("--arch_embedding_size: at least one embedding table is needed")
+            raise ConfigError("`table_sizes`: at least one embedding table is needed")
         if any(n <= 0 for n in self.table_sizes):
             raise ConfigError(
-                f"--arch_embedding_size: every table needs at least one row, got {self.table_sizes}"
+                f"`table_sizes`: every table needs at least one row, got {self.table_sizes}"
             )
         if len(self.bottom_mlp) < 2:
             raise ConfigError(
-                f"--arch_mlp_bot={_dash(self.bottom_mlp)}: needs the input width and at least "
+                f"`bottom_mlp`={_dash(self.bottom_mlp)}: needs the input width and at least "
                 "one layer, e.g. '13-512-256-64-16'"
             )
         if not self.top_mlp:
-            raise ConfigError("--arch_mlp_top: needs at least one layer, e.g. '512-256-1'")
+            raise ConfigError("`top_mlp`: needs at least one layer, e.g. '512-256-1'")
         if self.top_mlp[-1] != 1:
             raise ConfigError(
-                f"--arch_mlp_top={_dash(self.top_mlp)}: the last layer must have width 1 "
+                f"`top_mlp`={_dash(self.top_mlp)}: the last layer must have width 1 "
                 "(the click probability)"
             )
         if self.interaction not in INTERACTIONS:
-            raise ConfigError(
-                f"--arch_interaction_op={self.interaction!r}: must be one of {INTERACTIONS}"
-            )
+            raise ConfigError(f"`interaction`={self.interaction!r}: must be one of {INTERACTIONS}")
         if self.interaction == "dot" and self.bottom_mlp[-1] != self.embedding_dim:
             raise ConfigError(
-                f"--arch_mlp_bot={_dash(self.bottom_mlp)}: its last width "
-                f"({self.bottom_mlp[-1]}) must equal --arch_sparse_feature_size "
+                f"`bottom_mlp`={_dash(self.bottom_mlp)}: its last width "
+                f"({self.bottom_mlp[-1]}) must equal `embedding_dim` "
                 f"({self.embedding_dim}), since the bottom MLP's output is interacted "
                 "with the embedding vectors by dot products"
             )
         if not 0.0 <= self.loss_threshold < 0.5:
             raise ConfigError(
-                f"--loss_threshold={self.loss_threshold}: must be in [0, 0.5) "
+                f"`loss_threshold`={self.loss_threshold}: must be in [0, 0.5) "
                 "(0 disables the clamp)"
             )
 
@@ -145,6 +145,40 @@ class ModelConfig:
     def from_dict(cls, values: dict) -> ModelConfig:
         """Builds a config from ``to_dict``'s output."""
         return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategyConfig:
+    """The devices and the ``tf.distribute`` strategy of a run.
+
+    Attributes:
+      distribution_strategy: ``auto``, ``one_device``, ``mirrored`` or
+        ``multi_worker_mirrored``.
+      use_gpu: train on GPU(s).
+      num_gpus: GPUs to use with ``use_gpu`` (0 = all).
+      num_cpu_replicas: split the CPU into this many logical devices (0 = no split).
+    """
+
+    distribution_strategy: str = "auto"
+    use_gpu: bool = False
+    num_gpus: int = 0
+    num_cpu_replicas: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactsConfig:
+    """What a run writes besides the trainer's own files.
+
+    Attributes:
+      plot_compute_graph: draw the model's graph into ``compute_graph.png`` (or
+        a TensorBoard graph) in the run directory.
+      save_onnx: also export the trained model to this ``.onnx`` file ("" = no).
+      export_dir: export a SavedModel for TF Serving here ("" = no).
+    """
+
+    plot_compute_graph: bool = False
+    save_onnx: str = ""
+    export_dir: str = ""
 
 
 def _dash(values: Sequence[int]) -> str:

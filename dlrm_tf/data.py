@@ -61,7 +61,7 @@ class DataSource:
             table_sizes = tuple(int(n) for n in self.metadata["table_sizes"])
             num_dense = int(self.metadata.get("num_dense", num_dense))
         elif config.generation not in GENERATIONS:
-            raise ValueError(f"--data_generation={config.generation!r}: one of {GENERATIONS}")
+            raise ValueError(f"`generation`={config.generation!r}: one of {GENERATIONS}")
         self.table_sizes = tuple(table_sizes)
         self.num_dense = int(num_dense)
 
@@ -96,7 +96,7 @@ class DataSource:
         if steps <= 0:
             raise ValueError(
                 f"no training steps: {self._describe()} gives fewer examples than one "
-                f"batch of --mini_batch_size={global_batch}"
+                f"batch of `mini_batch_size`={global_batch}"
             )
         return steps
 
@@ -114,8 +114,8 @@ class DataSource:
 
     def _describe(self) -> str:
         if self.from_files:
-            return f"--processed_data_dir={self.config.processed_data_dir}"
-        return f"--data_size={self.config.data_size}"
+            return f"`processed_data_dir`={self.config.processed_data_dir}"
+        return f"`data_size`={self.config.data_size}"
 
     def _generated(self, batch: int, num_batches: int, seed: int) -> tf.data.Dataset:
         cfg = self.config

@@ -34,7 +34,7 @@ class DLRMLoss(keras.losses.Loss):
         **kwargs,
     ) -> None:
         if kind not in ("mse", "bce", "wbce"):
-            raise ValueError(f"--loss_function={kind!r}: must be one of mse, bce, wbce")
+            raise ValueError(f"`loss_function`={kind!r}: must be one of mse, bce, wbce")
         super().__init__(name=name or kind, **kwargs)
         self.kind = kind
         self.weights = (float(weights[0]), float(weights[1]))

@@ -34,8 +34,8 @@ class WarmupPolyDecay(keras.optimizers.schedules.LearningRateSchedule):
     ) -> None:
         if num_decay_steps > 0 and decay_start_step < num_warmup_steps:
             raise ValueError(
-                f"--lr_decay_start_step={decay_start_step} must not come before the end of "
-                f"the warm-up (--lr_num_warmup_steps={num_warmup_steps})"
+                f"`lr_decay_start_step`={decay_start_step} must not come before the end of "
+                f"the warm-up (`lr_num_warmup_steps`={num_warmup_steps})"
             )
         if min(num_warmup_steps, decay_start_step, num_decay_steps) < 0:
             raise ValueError("learning-rate schedule step counts must not be negative")

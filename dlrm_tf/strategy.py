@@ -29,20 +29,20 @@ def configure_devices(use_gpu: bool, num_gpus: int, num_cpu_replicas: int) -> li
     if use_gpu:
         if not gpus:
             raise DeviceError(
-                "--use_gpu: no GPU is visible to TensorFlow on this machine "
-                "(check the driver and CUDA_VISIBLE_DEVICES), run without --use_gpu for CPU"
+                "`use_gpu`: no GPU is visible to TensorFlow on this machine "
+                "(check the driver and CUDA_VISIBLE_DEVICES), run without `use_gpu` for CPU"
             )
         wanted = num_gpus or len(gpus)
         if wanted > len(gpus):
             raise DeviceError(
-                f"--num_gpus={num_gpus}: only {len(gpus)} GPU(s) are visible on this machine"
+                f"`num_gpus`={num_gpus}: only {len(gpus)} GPU(s) are visible on this machine"
             )
         tf.config.set_visible_devices(gpus[:wanted], "GPU")
         for gpu in gpus[:wanted]:
             tf.config.experimental.set_memory_growth(gpu, True)
         return [f"/gpu:{i}" for i in range(wanted)]
     if num_gpus:
-        raise DeviceError(f"--num_gpus={num_gpus} needs --use_gpu")
+        raise DeviceError(f"`num_gpus`={num_gpus} needs `use_gpu`")
     if gpus:
         tf.config.set_visible_devices([], "GPU")
     if num_cpu_replicas > 1:
@@ -57,13 +57,13 @@ def configure_devices(use_gpu: bool, num_gpus: int, num_cpu_replicas: int) -> li
 def make_strategy(name: str, devices: list[str]) -> tf.distribute.Strategy:
     """The strategy named by ``--distribution_strategy`` over ``devices``."""
     if name not in STRATEGIES:
-        raise ValueError(f"--distribution_strategy={name!r}: one of {STRATEGIES}")
+        raise ValueError(f"`distribution_strategy`={name!r}: one of {STRATEGIES}")
     if name == "auto":
         name = "mirrored" if len(devices) > 1 else "one_device"
     if name == "one_device":
         if len(devices) > 1:
             raise DeviceError(
-                f"--distribution_strategy=one_device with {len(devices)} devices; "
+                f"`distribution_strategy`=one_device with {len(devices)} devices; "
                 "use mirrored (or auto)"
             )
         if devices[0].startswith("/gpu"):
@@ -74,7 +74,7 @@ def make_strategy(name: str, devices: list[str]) -> tf.distribute.Strategy:
         return tf.distribute.MirroredStrategy(devices)
     if "TF_CONFIG" not in os.environ:
         raise DeviceError(
-            "--distribution_strategy=multi_worker_mirrored needs the TF_CONFIG environment "
+            "`distribution_strategy`=multi_worker_mirrored needs the TF_CONFIG environment "
             'variable, e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, '
             '"task": {"type": "worker", "index": 0}}'
         )

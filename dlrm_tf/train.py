@@ -211,7 +211,7 @@ def run(
     memory.check_memory(model_config, cfg.optimizer, len(devices) if on_cpu else 1)
     if cfg.mini_batch_size % replicas:
         raise ValueError(
-            f"--mini_batch_size={cfg.mini_batch_size} (the global batch) must be divisible by "
+            f"`mini_batch_size`={cfg.mini_batch_size} (the global batch) must be divisible by "
             f"the {replicas} replicas"
         )
 
@@ -238,7 +238,7 @@ def run(
     artifacts: dict[str, str] = {}
     if cfg.inference_only:
         if not has_test:
-            raise ValueError("--inference_only: the data has no test split to evaluate")
+            raise ValueError("`inference_only`: the data has no test split to evaluate")
         metrics = evaluator.evaluate(test_data())
         step = int(model.optimizer.iterations.numpy())
         epoch = max(step - 1, 0) // steps

@@ -110,12 +110,12 @@ def export_model(
     """
     base = os.path.abspath(os.fspath(export_base))
     if os.path.lexists(base) and not os.path.isdir(base):
-        raise ExportError(f"--export_dir={base} exists and is not a directory: choose another")
+        raise ExportError(f"`export_dir`={base} exists and is not a directory: choose another")
     os.makedirs(base, exist_ok=True)
     if version is not None and (
         isinstance(version, bool) or not isinstance(version, int) or version < 0
     ):
-        raise ExportError(f"--version={version!r}: must be a non-negative integer")
+        raise ExportError(f"`version`={version!r}: must be a non-negative integer")
     if version is not None:
         _check_target(os.path.join(base, str(version)), overwrite)  # fail before the work
 
@@ -136,7 +136,7 @@ def export_model(
 
     # One export at a time per base: the version number is chosen under the lock,
     # and what a killed export left (no live exporter can own it now) is removed.
-    with safe_files.exclusive(base, f"--export_dir={base}", logging.warning):
+    with safe_files.exclusive(base, f"`export_dir`={base}", logging.warning):
         safe_files.remove_leftovers(base, [f"{TMP_PREFIX}*", f"{OLD_PREFIX}*"], logging.warning)
         if version is None:
             version = next_version(base)
@@ -169,15 +169,15 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
     path = os.fspath(path)
     problem = safe_files.keras_archive_problem(path)
     if problem:
-        raise ExportError(f"--load_model={path}: {problem}")
+        raise ExportError(f"`load_model`={path}: {problem}")
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as error:  # noqa: BLE001  (Keras raises many kinds for a bad file)
         raise ExportError(
-            f"--load_model={path}: cannot be loaded as a DLRM model ({errors.one_line(error)})"
+            f"`load_model`={path}: cannot be loaded as a DLRM model ({errors.one_line(error)})"
         ) from error
     if not isinstance(model, dlrm_tf.model.DLRM):
-        raise ExportError(f"--load_model={path}: not a DLRM model ({type(model).__name__})")
+        raise ExportError(f"`load_model`={path}: not a DLRM model ({type(model).__name__})")
     return model
 
 
@@ -188,13 +188,13 @@ def _check_target(target: str, overwrite: bool) -> None:
         return
     if not overwrite:
         raise ExportError(
-            f"version directory {target} already exists; pass --overwrite "
-            "(overwrite=True) to replace it, or choose another --version"
+            f"version directory {target} already exists; pass `overwrite` "
+            "(overwrite=True) to replace it, or choose another `version`"
         )
     if os.path.islink(target) or not os.path.isdir(target):
         raise ExportError(
             f"{target} exists and is not a version directory; refusing to replace it "
-            "(with or without --overwrite): remove it yourself or choose another --version"
+            "(with or without `overwrite`): remove it yourself or choose another `version`"
         )
     ours = os.path.isfile(os.path.join(target, "saved_model.pb")) and os.path.isfile(
         os.path.join(target, "assets.extra", INFO_FILE)
@@ -204,7 +204,7 @@ def _check_target(target: str, overwrite: bool) -> None:
         held = safe_files.describe(foreign or sorted(os.listdir(target)))
         raise ExportError(
             f"{target} is not a SavedModel written by this exporter (it holds {held}); "
-            "refusing to replace it (with or without --overwrite): choose another --version"
+            "refusing to replace it (with or without `overwrite`): choose another `version`"
         )
 
 

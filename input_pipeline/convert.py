@@ -163,14 +163,14 @@ def _not_a_regular_file(path: str) -> Exception:
     except FileNotFoundError:
         if os.path.lexists(path):
             return FileNotFoundError(
-                f"--raw_data_file={path}: a symlink to {os.readlink(path)!r}, which does not exist"
+                f"`raw_data_file`={path}: a symlink to {os.readlink(path)!r}, which does not exist"
             )
         return FileNotFoundError(f"Raw data file not found: {path}")
     except OSError as error:  # ELOOP, EACCES, ...
-        return BadInputError(f"--raw_data_file={path}: cannot be opened: {error.strerror}")
+        return BadInputError(f"`raw_data_file`={path}: cannot be opened: {error.strerror}")
     kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "not a regular file or directory"
     return BadInputError(
-        f"--raw_data_file={path} is {kind}; the converter reads its input more than once: "
+        f"`raw_data_file`={path} is {kind}; the converter reads its input more than once: "
         "give a regular file (e.g. copy the stream to a file first)"
     )
 
@@ -225,7 +225,7 @@ def iter_chunks(
                     if long_lines is None:
                         raise BadInputError(
                             f"{path}:{lines_before + 1}: line longer than {MAX_LINE_BYTES} bytes"
-                            " (--bad_lines=skip skips such lines)"
+                            " (`bad_lines`=skip skips such lines)"
                         )
                     long_lines[lines_before + 1] = data[:EXAMPLE_CHARS]
                     rest, skipping = b"", True
@@ -259,7 +259,7 @@ def _cut_long_lines(
     if long_lines is None:
         raise BadInputError(
             f"{path}:{first_line + int(long[0])}: line longer than {MAX_LINE_BYTES} bytes"
-            " (--bad_lines=skip skips such lines)"
+            " (`bad_lines`=skip skips such lines)"
         )
     pieces, position = [], 0
     for index in long.tolist():
@@ -1055,7 +1055,7 @@ def convert(
     _check_output(output_dir, sources, overwrite)
     parent, name = os.path.split(output_dir)
     os.makedirs(parent, exist_ok=True)
-    with safe_files.exclusive(output_dir, f"--output_dir={output_dir}", logging.warning):
+    with safe_files.exclusive(output_dir, f"`output_dir`={output_dir}", logging.warning):
         _check_output(output_dir, sources, overwrite)  # what the last writer left
         safe_files.remove_leftovers(parent, [f".{name}.tmp-*"], logging.warning)
         for old in glob.glob(os.path.join(glob.escape(parent), f".{name}.old-*")):
@@ -1102,15 +1102,15 @@ def _check_output(output_dir: str, sources: list[Source], overwrite: bool) -> No
     for source in sources:
         if safe_files.contains(output_dir, source.path):
             raise BadInputError(
-                f"--output_dir={output_dir} contains the raw input {source.path}; the output "
-                "directory is replaced as a whole: choose an --output_dir outside the input"
+                f"`output_dir`={output_dir} contains the raw input {source.path}; the output "
+                "directory is replaced as a whole: choose an `output_dir` outside the input"
             )
     if not os.path.lexists(output_dir):
         return
     if os.path.islink(output_dir) or not os.path.isdir(output_dir):
         raise safe_files.NotOursError(
-            f"--output_dir={output_dir} exists and is not a directory; refusing to replace "
-            "it (with or without --overwrite): remove it yourself or choose another --output_dir"
+            f"`output_dir`={output_dir} exists and is not a directory; refusing to replace "
+            "it (with or without `overwrite`): remove it yourself or choose another `output_dir`"
         )
     if not os.listdir(output_dir):
         return
@@ -1122,13 +1122,13 @@ def _check_output(output_dir: str, sources: list[Source], overwrite: bool) -> No
         reason = f"it holds {held} and {error}"
     if reason:
         raise safe_files.NotOursError(
-            f"--output_dir={output_dir} is not a dataset written by this converter ({reason}); "
-            "refusing to replace it (with or without --overwrite): choose another --output_dir"
+            f"`output_dir`={output_dir} is not a dataset written by this converter ({reason}); "
+            "refusing to replace it (with or without `overwrite`): choose another `output_dir`"
         )
     if not overwrite:
         raise FileExistsError(
             f"Output directory {output_dir} already holds a converted dataset; "
-            "pass overwrite=True (--overwrite) to replace it"
+            "pass overwrite=True (`overwrite`) to replace it"
         )
 
 

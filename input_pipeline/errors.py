@@ -14,9 +14,12 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 EXIT_BAD_INPUT = 2
+# Library messages name a setting as `field` (its name in the typed configs and the
+# functions' arguments); a command line shows it as --flag, through its own table.
+FIELD = re.compile(r"`([a-z][a-z0-9_]*)`")
 _TF_NOISE = re.compile(r"\[\[\{\{node [^}]*\}\}\]\]|\[Op:[^\]]*\]|\{\{function_node [^}]*\}\}")
 
 
@@ -55,9 +58,19 @@ def _without_tf_stack(message: str) -> str:
     return message[start:] if start > 0 else message
 
 
-def one_line(error: BaseException) -> str:
-    """The error's message on one line, with a hint for the kinds a user can fix."""
-    message = getattr(error, "message", None) or str(error)
+def with_flag_names(message: str, flag_names: Mapping[str, str] | None = None) -> str:
+    """``message`` with each `field` written as the command line's ``--flag``.
+
+    ``flag_names`` maps a field to its flag where the two names differ.
+    """
+    names = flag_names or {}
+    return FIELD.sub(lambda match: "--" + names.get(match[1], match[1]), message)
+
+
+def one_line(error: BaseException, flag_names: Mapping[str, str] | None = None) -> str:
+    """The error's message on one line, with a hint for the kinds a user can fix;
+    config fields are named by their flags (``with_flag_names``)."""
+    message = with_flag_names(getattr(error, "message", None) or str(error), flag_names)
     if isinstance(error, KeyError):
         message = f"missing entry {message}"
     message = " ".join(_TF_NOISE.sub("", _without_tf_stack(message)).split())
@@ -72,11 +85,15 @@ def one_line(error: BaseException) -> str:
     return f"{message} ({type(error).__name__}; rerun with --verbose for the traceback)"
 
 
-def report(error: BaseException, argv: Sequence[str] | None = None) -> int:
+def report(
+    error: BaseException,
+    argv: Sequence[str] | None = None,
+    flag_names: Mapping[str, str] | None = None,
+) -> int:
     """Prints ``error: ...`` (and the traceback if requested); returns exit status 2."""
     if verbose_requested(argv):
         traceback.print_exception(error, file=sys.stderr)
-    print(f"error: {one_line(error)}", file=sys.stderr)
+    print(f"error: {one_line(error, flag_names)}", file=sys.stderr)
     return EXIT_BAD_INPUT
 
 
@@ -92,11 +109,11 @@ def parse_absl_flags(argv: Sequence[str]) -> list[str]:
         sys.exit(EXIT_BAD_INPUT)
 
 
-def run_cli(entry: Callable[[], object]) -> None:
+def run_cli(entry: Callable[[], object], flag_names: Mapping[str, str] | None = None) -> None:
     """Runs a command's ``main`` and exits: its int result is the status (0
     otherwise); any failure is one ``error:`` line and status 2."""
     try:
         result = entry()
     except Exception as error:  # noqa: BLE001  (every failure: one line, exit 2)
-        sys.exit(report(error))
+        sys.exit(report(error, flag_names=flag_names))
     sys.exit(result if isinstance(result, int) else 0)

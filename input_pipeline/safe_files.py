@@ -255,12 +255,12 @@ def keras_archive_problem(path: str) -> str | None:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
     except zipfile.BadZipFile:
-        return "not a .keras model file (not a zip archive); give a file written by --save_model"
+        return "not a .keras model file (not a zip archive); give a file written by `save_model`"
     except OSError as error:
         return f"cannot be read ({error.strerror})"
     if "config.json" not in names:
         return (
             "a zip archive without config.json, not a .keras model file; "
-            "give a file written by --save_model"
+            "give a file written by `save_model`"
         )
     return None

@@ -73,5 +73,5 @@ def test_window_of_several_iterations_averages_over_examples():
 def test_diverged_loss_stops_with_a_clear_error():
     logger, iterations = make_logger([], print_freq=1)
     logger.start_epoch(0, examples=6)
-    with pytest.raises(TrainingDivergedError, match="lower --learning_rate"):
+    with pytest.raises(TrainingDivergedError, match="lower `learning_rate`"):
         feed(logger, iterations, [0.5, float("nan")], [2, 2], [1.0, 1.0])

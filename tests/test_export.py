@@ -513,7 +513,7 @@ def test_existing_version_needs_overwrite(tmp_path):
     base = tmp_path / "models"
     path = esm.export_model(small_model(0), base, version=5)
     before = snapshot(path)
-    with pytest.raises(esm.ExportError, match="already exists.*--overwrite"):
+    with pytest.raises(esm.ExportError, match="already exists.*`overwrite`"):
         esm.export_model(small_model(1), base, version=5)
     assert snapshot(path) == before
     assert sorted(os.listdir(base)) == ["5"]
