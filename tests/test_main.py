@@ -180,3 +180,152 @@ def test_natural_mistakes_end_in_one_error_line(tmp_path):
         result = run_module("dlrm_tf.main", *args, f"--run_dir={tmp_path}/run", cwd=tmp_path)
         lines.append(assert_one_error_line(result.returncode, result.stderr, message))
     assert lines[1].startswith("error: assertion failed: [Ids out of range of table_sizes")
+
+
+# --- the reference's one command: convert the raw file once, then train -----------------
+
+ONE_COMMAND_MODEL = [
+    "--arch_sparse_feature_size=4",
+    "--arch_mlp_bot=13-4",
+    "--arch_mlp_top=4-1",
+    "--loss_function=bce",
+    "--mini_batch_size=64",
+    "--num_batches=2",
+    "--test_num_batches=1",
+    "--plot=false",
+]
+
+
+@pytest.fixture(scope="module")
+def kaggle_text(tmp_path_factory):
+    """A small Kaggle-shaped train.txt (planted-signal Criteo text)."""
+    from input_pipeline import synthetic
+
+    path = tmp_path_factory.mktemp("raw") / "train.txt"
+    synthetic.write_text(str(path), num_rows=1400, seed=3)
+    return path
+
+
+def one_command(raw, data, *extra):
+    return [
+        "--data_generation=dataset",
+        "--data_set=kaggle",
+        f"--raw_data_file={raw}",
+        f"--processed_data_dir={data}",
+        *ONE_COMMAND_MODEL,
+        *extra,
+    ]
+
+
+def test_one_command_converts_the_raw_file_then_trains_and_reuses_it(tmp_path, kaggle_text):
+    import json
+
+    data = tmp_path / "data"
+    args = one_command(kaggle_text, data)
+    first = run_cli(*args, f"--run_dir={tmp_path}/r1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Converting" in first.stdout
+    assert len([ln for ln in first.stdout.splitlines() if TRAIN_LINE.match(ln)]) == 2
+    metadata = json.loads((data / "metadata.json").read_text())
+    with open(kaggle_text, "rb") as f:
+        lines = sum(1 for _ in f)
+    assert sum(metadata["rows"].values()) == lines  # every line of the file, once
+    assert [s["path"] for s in metadata["sources"]] == [str(kaggle_text)]
+    converted_at = os.path.getmtime(data / "metadata.json")
+
+    second = run_cli(*args, f"--run_dir={tmp_path}/r2", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Converting" not in second.stdout
+    assert os.path.getmtime(data / "metadata.json") == converted_at
+    assert len([ln for ln in second.stdout.splitlines() if TRAIN_LINE.match(ln)]) == 2
+
+
+@pytest.fixture(scope="module")
+def converted_kaggle(tmp_path_factory, kaggle_text):
+    """``kaggle_text`` converted with the converter's defaults (as the one command does)."""
+    from input_pipeline import convert
+
+    data = tmp_path_factory.mktemp("converted") / "data"
+    convert.convert("kaggle", kaggle_text, data)
+    return data
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--data_set=terabyte"], "--data_set=kaggle, not --data_set=terabyte"),
+        (["--data_randomize=none"], "--data_randomize=total, not --data_randomize=none"),
+        (["--data_sub_sample_rate=0.5"], "--data_sub_sample_rate=0.0, not --data_sub_sample_rate"),
+        (["--max_ind_range=1000"], "--max_ind_range=0, not --max_ind_range=1000"),
+    ],
+)
+def test_one_command_refuses_data_converted_otherwise(
+    cli, converted_kaggle, kaggle_text, extra, message
+):
+    before = sorted(os.listdir(converted_kaggle))
+    code, err = cli(*one_command(kaggle_text, converted_kaggle, *extra))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith(f"error: --processed_data_dir={converted_kaggle} holds data")
+    assert message in lines[-1] and "remove that directory" in lines[-1], lines[-1]
+    assert sorted(os.listdir(converted_kaggle)) == before  # nothing replaced
+
+
+def test_one_command_refuses_data_converted_from_another_file(cli, converted_kaggle, tmp_path):
+    other = tmp_path / "train.txt"
+    other.write_text("another file\n")
+    code, err = cli(*one_command(other, converted_kaggle))
+    assert code == 2
+    assert f"not from --raw_data_file={other}" in err.strip().splitlines()[-1]
+
+
+def test_conversion_flags_are_checked_against_existing_data_without_a_raw_file(
+    cli, converted_kaggle
+):
+    base = ["--data_generation=dataset", f"--processed_data_dir={converted_kaggle}"]
+    code, err = cli(*base, "--data_set=terabyte")
+    assert code == 2 and "--data_set=kaggle, not --data_set=terabyte" in err
+
+
+@pytest.mark.parametrize(
+    "flag", ["--data_set=kaggle", "--raw_data_file=train.txt", "--data_randomize=day",
+             "--data_sub_sample_rate=0.5"],
+)  # fmt: skip
+def test_conversion_flags_with_generated_data_are_errors(cli, flag):
+    code, err = cli(flag)  # --data_generation=random (the default)
+    assert code == 2
+    name = flag.split("=")[0]
+    assert f"{name} describes Criteo data and --data_generation=random" in err, err
+
+
+def test_a_sub_sample_rate_out_of_range_is_an_error(cli, tmp_path, kaggle_text):
+    code, err = cli(*one_command(kaggle_text, tmp_path / "d", "--data_sub_sample_rate=1.5"))
+    assert code == 2
+    assert "error: --data_sub_sample_rate=1.5: must be in [0, 1)" in err
+    assert not os.path.exists(tmp_path / "d")
+
+
+def test_one_command_shuffles_and_sub_samples_as_the_converter_does(cli, tmp_path, kaggle_text):
+    """--data_randomize and --data_sub_sample_rate reach the conversion: the data
+    equals the converter's with the same settings, and the rows add up."""
+    import json
+
+    from input_pipeline import convert
+
+    data = tmp_path / "data"
+    extra = ["--data_randomize=day", "--data_sub_sample_rate=0.5", "--numpy_rand_seed=7"]
+    code, err = cli(*one_command(kaggle_text, data, *extra))
+    assert code == 0, err
+    reference = convert.convert(
+        "kaggle", kaggle_text, tmp_path / "ref", data_randomize="day", data_sub_sample_rate=0.5,
+        seed=7,
+    )  # fmt: skip
+    for shard in (s["file"] for split in reference["shards"].values() for s in split):
+        assert (data / shard).read_bytes() == (tmp_path / "ref" / shard).read_bytes(), shard
+    rows = json.loads((data / "metadata.json").read_text())["rows"]
+    labels = [line.split("\t", 1)[0] for line in kaggle_text.read_text().splitlines()]
+    # 1400 lines = 7 days of 200; the last day is halved into test and validation.
+    assert rows["test"] == rows["validation"] == 100  # only training rows are dropped
+    train = labels[:1200]
+    negatives, positives = train.count("0"), train.count("1")
+    assert positives + 0.35 * negatives < rows["train"] < positives + 0.65 * negatives
