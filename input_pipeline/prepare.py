@@ -109,6 +109,8 @@ def ensure_converted(config: ConversionConfig) -> dict[str, Any] | None:
                 seed=config.seed,
             )
     except FileExistsError:
+        if not _has_dataset(directory):
+            raise  # something else is there, not a dataset: the converter's error says so
         # Another run converted it while this one waited for the lock: reuse it.
         check_metadata(config, _read_metadata(directory))
         return None

@@ -42,3 +42,13 @@ def test_verbose_adds_the_traceback(capsys):
     except KeyError as error:
         err = report(error, capsys, argv=("prog", "--verbose"))
     assert "Traceback" in err and err.splitlines()[-1] == "error: missing entry 'config.json'"
+
+
+def test_config_fields_in_a_message_are_shown_as_flags(capsys):
+    """Library messages name config fields as `field`; a command line shows its flags."""
+    error = ValueError("`embedding_dim`=3 must equal `bottom_mlp`'s last width; see `use_gpu`")
+    assert errors.report(error, ["prog"], flag_names={"embedding_dim": "d", "bottom_mlp": "mlp"})
+    assert capsys.readouterr().err == (
+        "error: --d=3 must equal --mlp's last width; see --use_gpu\n"
+    )
+    assert str(error).startswith("`embedding_dim`=3")  # the library's own text names the field

@@ -279,6 +279,19 @@ def test_one_command_refuses_data_converted_from_another_file(cli, converted_kag
     assert f"not from --raw_data_file={other}" in err.strip().splitlines()[-1]
 
 
+def test_converter_errors_name_the_trainers_flags(cli, tmp_path, kaggle_text):
+    """The converter's `output_dir` is the trainer's --processed_data_dir."""
+    data = tmp_path / "notes"
+    data.mkdir()
+    (data / "mine.txt").write_text("not converted data")
+    code, err = cli(*one_command(kaggle_text, data))
+    assert code == 2
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"error: --processed_data_dir={data} is not a dataset written by")
+    assert "choose another --processed_data_dir" in line
+    assert (data / "mine.txt").read_text() == "not converted data"
+
+
 def test_conversion_flags_are_checked_against_existing_data_without_a_raw_file(
     cli, converted_kaggle
 ):
