@@ -173,8 +173,14 @@ FIELD_FLAGS = {
     "output_dir": "processed_data_dir",  # the converter's name for it
     "generate_rows": "generate_criteo_rows",
 }
-# The reference's conversion flags: they describe converted data.
-CONVERSION_FLAGS = ("data_set", "raw_data_file", "data_randomize", "data_sub_sample_rate")
+# The conversion flags: they describe converted data (generated data makes its own).
+CONVERSION_FLAGS = (
+    "data_set",
+    "raw_data_file",
+    "data_randomize",
+    "data_sub_sample_rate",
+    "max_ind_range",
+)
 
 
 def _explicit(values: flags.FlagValues, name: str) -> bool:

@@ -302,7 +302,7 @@ def test_conversion_flags_are_checked_against_existing_data_without_a_raw_file(
 
 @pytest.mark.parametrize(
     "flag", ["--data_set=kaggle", "--raw_data_file=train.txt", "--data_randomize=day",
-             "--data_sub_sample_rate=0.5"],
+             "--data_sub_sample_rate=0.5", "--max_ind_range=1000"],
 )  # fmt: skip
 def test_conversion_flags_with_generated_data_are_errors(cli, flag):
     code, err = cli(flag)  # --data_generation=random (the default)
