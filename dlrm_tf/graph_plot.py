@@ -104,7 +104,7 @@ def plot_compute_graph(
         log_dir = os.path.join(os.path.dirname(path) or ".", "tensorboard", "graph")
     log_dir = os.fspath(log_dir)
 
-    reason = "pydot and graphviz's `dot` program are not installed"
+    reason = "pydot and graphviz's 'dot' program are not installed"
     if graphviz_available():
         view = dlrm_block_view(model) if isinstance(model, DLRM) else model
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
