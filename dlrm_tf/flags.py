@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from absl import flags
 
+from dlrm_tf.config import INITIALIZERS
+
 # --- architecture (the reference's names and defaults) ---
 flags.DEFINE_integer("arch_sparse_feature_size", 2, "Embedding dimension d.")
 flags.DEFINE_string(
@@ -59,6 +61,13 @@ flags.DEFINE_integer("nepochs", 1, "Epochs.")
 flags.DEFINE_float("learning_rate", 0.01, "Learning rate.")
 flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adagrad", "adam"], "Optimizer (sparse updates).")
 flags.DEFINE_integer("numpy_rand_seed", 123, "Seed of data generation and initialisation.")
+flags.DEFINE_enum(
+    "init",
+    "keras",
+    list(INITIALIZERS),
+    "Initial weights: keras = Keras's generator seeded with --numpy_rand_seed; reference = "
+    "the reference's np.random.RandomState(--numpy_rand_seed) draws, in its order.",
+)
 flags.DEFINE_enum("loss_function", "mse", ["mse", "bce", "wbce"], "Loss.")
 flags.DEFINE_string("loss_weights", "1.0-1.0", "wbce weights 'w0-w1' for labels 0 and 1.")
 flags.DEFINE_float("loss_threshold", 0.0, "Clamp probabilities to [t, 1-t] (0 = off).")

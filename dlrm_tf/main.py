@@ -117,6 +117,7 @@ def train_config_from_flags(run_dir: str) -> TrainConfig:
         lr_decay_start_step=FLAGS.lr_decay_start_step,
         lr_num_decay_steps=FLAGS.lr_num_decay_steps,
         seed=FLAGS.numpy_rand_seed,
+        init=FLAGS.init,
         print_freq=FLAGS.print_freq,
         print_time=FLAGS.print_time,
         test_freq=FLAGS.test_freq,
