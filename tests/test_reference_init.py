@@ -5,7 +5,7 @@ The expected numbers below were printed by the reference PyTorch DLRM
 NumPy 2.4) run from its checkout as
 ``python dlrm_s_pytorch.py --mini-batch-size=2 --data-size=6`` (the README's
 sample run, which configs/tiny.flags mirrors), the same with ``--debug-mode``,
-and the command in ``REFERENCE_PARTIAL_BATCH``.
+and the command above ``REFERENCE_PARTIAL_BATCH``.
 """
 
 import os
@@ -161,3 +161,22 @@ def test_tiny_debug_run_prints_the_reference_parameters_and_losses(tmp_path):
     assert printed_losses(out) == REFERENCE_TINY_DEBUG_LOSSES
     updated = out[out.index("updated parameters (weights and bias):\n") :].split("\n", 1)[1]
     assert updated.startswith(REFERENCE_TINY_DEBUG_UPDATED)
+
+
+# python dlrm_s_pytorch.py --mini-batch-size=4 --data-size=30 --arch-embedding-size=10-20-30
+#     --arch-sparse-feature-size=4 --arch-mlp-bot=5-8-4 --arch-mlp-top=8-1
+#     --loss-function=bce --learning-rate=0.1 --numpy-rand-seed=7 --print-freq=2
+# (30 examples: seven batches of 4, then one of 2)
+REFERENCE_PARTIAL_BATCH = ["0.645584", "0.751699", "0.821828", "0.730871"]
+
+
+def test_partial_last_batch_run_prints_the_reference_losses(tmp_path):
+    proc = run_cli(
+        "--mini_batch_size=4", "--data_size=30", "--arch_embedding_size=10-20-30",
+        "--arch_sparse_feature_size=4", "--arch_mlp_bot=5-8-4", "--arch_mlp_top=8-1",
+        "--loss_function=bce", "--learning_rate=0.1", "--numpy_rand_seed=7", "--print_freq=2",
+        "--init=reference", "--plot=false", f"--run_dir={tmp_path}/run", cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert printed_losses(proc.stdout) == REFERENCE_PARTIAL_BATCH
+    assert "8 steps (1 epoch(s) of 8 steps), 30 examples" in proc.stdout
