@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from dlrm_tf.metrics import NonFiniteScoresError
+from dlrm_tf.reference_init import reference_parameters
 
 
 class TrainingDivergedError(ValueError):
@@ -404,7 +405,12 @@ def print_debug(model, model_config, source, global_batch: int, log=print) -> No
             bags = [[[int(i)] for i in ids[:, t]] for t in range(ids.shape[1])]
         log(str(bags))
         log(str(labels))
-    log("initial parameters (weights and bias):")
-    for weight in model.weights:
-        log(f"{weight.path} {tuple(weight.shape)}")
-        log(str(weight.numpy()))
+    print_parameters(model, "initial parameters (weights and bias):", log)
+
+
+def print_parameters(model, title: str, log=print) -> None:
+    """Prints ``title``, then the weights as the reference's --debug_mode does: tables,
+    then each bottom- and top-MLP layer's weight ``[out, in]`` and bias."""
+    log(title)
+    for array in reference_parameters(model):
+        log(str(array))

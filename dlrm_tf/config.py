@@ -12,6 +12,8 @@ from collections.abc import Sequence
 INTERACTIONS = ("dot", "cat")
 LOSSES = ("mse", "bce", "wbce")
 OPTIMIZERS = ("sgd", "adagrad", "adam")
+# Where the initial weights come from: Keras's generator, or the reference's NumPy draws.
+INITIALIZERS = ("keras", "reference")
 
 
 class ConfigError(ValueError):

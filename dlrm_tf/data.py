@@ -118,12 +118,14 @@ class DataSource:
         return f"`data_size`={self.config.data_size}"
 
     def _generated(self, batch: int, num_batches: int, seed: int) -> tf.data.Dataset:
+        """``num_batches`` full batches, or with 0 ``ceil(data_size / batch)``, the last partial."""
         cfg = self.config
         common = dict(
             table_sizes=self.table_sizes,
             num_dense=self.num_dense,
             batch_size=batch,
             num_batches=num_batches,
+            data_size=cfg.data_size if num_batches <= 0 else None,
             num_indices_per_lookup=cfg.num_indices_per_lookup,
             num_indices_per_lookup_fixed=cfg.num_indices_per_lookup_fixed,
             round_targets=cfg.round_targets,
@@ -137,9 +139,8 @@ class DataSource:
             )
         from input_pipeline.random_data import random_dataset
 
-        data_size = cfg.data_size if cfg.num_batches <= 0 else None
         # One RandomState stream in the reference's draw order: the reference's batches.
-        return random_dataset(data_size=data_size, reference_stream=True, **common)
+        return random_dataset(reference_stream=True, **common)
 
     def train_dataset(
         self,
@@ -168,8 +169,10 @@ class DataSource:
                 return ds if ctx is None else _pipeline_share(ds, ctx, global_batch)
 
             return _distribute_fn(strategy, dataset_fn)
-        # Generated data: every epoch sees the same batches, like the reference's.
-        ds = self._generated(global_batch, steps, cfg.seed).skip(skip)
+        # Generated data: every epoch sees the same batches, like the reference's (without
+        # --num_batches the last one holds the rest of --data_size, as the reference's).
+        ds = self._generated(global_batch, steps if cfg.num_batches > 0 else 0, cfg.seed)
+        ds = ds.skip(skip)
         return _distribute(strategy, ds)
 
     def test_dataset(self, strategy: tf.distribute.Strategy, global_batch: int, steps: int | None):

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from dlrm_tf.config import (
+    INITIALIZERS,
     ArtifactsConfig,
     ConfigError,
     ModelConfig,
@@ -96,6 +97,13 @@ flags.DEFINE_integer("nepochs", 1, "Epochs.")
 flags.DEFINE_float("learning_rate", 0.01, "Learning rate.")
 flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adagrad", "adam"], "Optimizer (sparse updates).")
 flags.DEFINE_integer("numpy_rand_seed", 123, "Seed of data generation and initialisation.")
+flags.DEFINE_enum(
+    "init",
+    "keras",
+    list(INITIALIZERS),
+    "Initial weights: keras = Keras's generator seeded with --numpy_rand_seed; reference = "
+    "the reference's np.random.RandomState(--numpy_rand_seed) draws, in its order.",
+)
 flags.DEFINE_enum("loss_function", "mse", ["mse", "bce", "wbce"], "Loss.")
 flags.DEFINE_string("loss_weights", "1.0-1.0", "wbce weights 'w0-w1' for labels 0 and 1.")
 flags.DEFINE_float("loss_threshold", 0.0, "Clamp probabilities to [t, 1-t] (0 = off).")
@@ -314,6 +322,7 @@ def train_config(values: flags.FlagValues, run_dir: str) -> TrainConfig:
         lr_decay_start_step=values.lr_decay_start_step,
         lr_num_decay_steps=values.lr_num_decay_steps,
         seed=values.numpy_rand_seed,
+        init=values.init,
         print_freq=values.print_freq,
         print_time=values.print_time,
         test_freq=values.test_freq,

@@ -19,13 +19,15 @@ import tensorflow as tf
 
 from dlrm_tf import callbacks as cb
 from dlrm_tf import checkpoints, memory
-from dlrm_tf.config import ModelConfig
+from dlrm_tf.config import INITIALIZERS, ConfigError, ModelConfig
 from dlrm_tf.data import DataSource
 from dlrm_tf.evaluation import Evaluator
 from dlrm_tf.losses import DLRMLoss, RoundedAccuracy
 from dlrm_tf.model import DLRM, build_model
+from dlrm_tf.reference_init import initial_stream, initialize_as_reference
 from dlrm_tf.schedules import WarmupPolyDecay
 from dlrm_tf.strategy import is_chief, task_name
+from input_pipeline.random_data import batch_sizes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +45,7 @@ class TrainConfig:
     lr_decay_start_step: int = 0
     lr_num_decay_steps: int = 0
     seed: int = 123
+    init: str = "keras"  # one of config.INITIALIZERS
     print_freq: int = 1
     print_time: bool = False
     test_freq: int = -1
@@ -217,6 +220,8 @@ def run(
 
     with strategy.scope():
         model = build_model(model_config, jit_compile=cfg.jit_compile)
+        if cfg.init == "reference":
+            initialize_as_reference(model, model_config, _reference_stream(cfg, source))
         compile_model(model, cfg)
         model.optimizer.build(model.trainable_variables)
     if cfg.load_model:
@@ -318,6 +323,9 @@ def run(
         test_metrics = logger.run_test(total_steps, final=True)
     elif has_test:
         test_metrics = logger.history[-1].get("test")
+    if cfg.debug_mode:
+        with np.printoptions(precision=cfg.print_precision):
+            cb.print_parameters(model, "updated parameters (weights and bias):", log)
     if backup is not None:
         backup.save(force=True, best=logger.best)
 
@@ -350,6 +358,27 @@ def run(
             if png:
                 artifacts["plot"] = png
     return RunResult(model, logger.history, test_metrics, total_steps, artifacts, chief)
+
+
+def _reference_stream(cfg: TrainConfig, source: DataSource) -> np.random.RandomState:
+    """The stream the reference draws its initial weights from (see ``reference_init``).
+
+    With ``--debug_mode`` on random data the reference draws (to print) the first
+    epoch's batches before it builds the model, so those draws come first.
+    """
+    if cfg.init not in INITIALIZERS:
+        raise ConfigError(f"--init={cfg.init!r}: must be one of {INITIALIZERS}")
+    data = source.config
+    if not (cfg.debug_mode and data.generation == "random"):
+        return initial_stream(cfg.seed)
+    return initial_stream(
+        cfg.seed,
+        batch_sizes(cfg.mini_batch_size, data.num_batches, data.data_size),
+        table_sizes=source.table_sizes,
+        num_dense=source.num_dense,
+        num_indices_per_lookup=data.num_indices_per_lookup,
+        num_indices_per_lookup_fixed=data.num_indices_per_lookup_fixed,
+    )
 
 
 def _train_epochs(model, source, strategy, cfg, steps, start_step, logger, callbacks) -> None:
