@@ -29,10 +29,8 @@ def run_cli(*args: str, cwd: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_tiny_reference_run(tmp_path):
-    flagfile = os.path.join(ROOT, "configs", "tiny.flags")
-    proc = run_cli(f"--flagfile={flagfile}", f"--run_dir={tmp_path}/run", "--print_time", cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_tiny_reference_run(tiny_run):
+    run_dir, proc = tiny_run
     lines = [m for m in map(TRAIN_LINE.match, proc.stdout.splitlines()) if m]
     assert [(m[1], m[2], m[3]) for m in lines] == [
         ("1", "3", "0"),
@@ -43,15 +41,12 @@ def test_tiny_reference_run(tmp_path):
         assert float(m[4]) > 0  # --print_time gives real ms/it
         assert float(m[6]) == 0.0  # random targets in [0, 1): never equal to a rounded p
         assert 0.0 < float(m[5]) < 1.0  # mse of probabilities against [0, 1) targets
-    assert os.path.exists(tmp_path / "run" / "history.json")
+    assert os.path.exists(run_dir / "history.json")
 
 
-def test_debug_mode_shows_the_reference_first_batch(tmp_path):
+def test_debug_mode_shows_the_reference_first_batch(tiny_run):
     """The reference's sample run (seed 123) draws this first batch; so must we."""
-    flagfile = os.path.join(ROOT, "configs", "tiny.flags")
-    proc = run_cli(f"--flagfile={flagfile}", f"--run_dir={tmp_path}/run", "--debug_mode", cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
+    out = tiny_run[1].stdout
     assert "[8 4 2 1]" in out and "[4 3 2]" in out
     first = out[out.index("mini-batch: 0") : out.index("mini-batch: 1")]
     assert "[[0.69647 0.28614 0.22685 0.55131]\n [0.71947 0.42311 0.98076 0.68483]]" in first

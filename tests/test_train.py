@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,24 +101,41 @@ BEST_MODEL_RUN = [
     "--print_freq=10",
     "--loss_function=bce",
     "--round_targets",
+    "--optimizer=adagrad",
 ]
 
 
-def test_best_model_and_inference_only(tmp_path):
-    best = tmp_path / "best.keras"
-    common = [*BEST_MODEL_RUN, "--optimizer=adagrad"]
-    proc = run_job(tmp_path / "a.npz", *common, f"--save_model={best}", f"--run_dir={tmp_path}/a")
-    tests = re.findall(r"Testing at - .* loss (\S+), auc (\S+),", proc.stdout)
+@pytest.fixture(scope="module")
+def best_run(tmp_path_factory):
+    """One training run that keeps its best model: (its directory, its stdout). The
+    tests that resume from the model work on copies (``best_model_copy``)."""
+    tmp = tmp_path_factory.mktemp("best")
+    proc = run_job(
+        tmp / "a.npz", *BEST_MODEL_RUN, f"--save_model={tmp / 'best.keras'}", f"--run_dir={tmp}/a"
+    )
+    return tmp, proc.stdout
+
+
+def best_model_copy(best_run, directory):
+    """Copies the shared best model and its metrics into ``directory``; returns the model."""
+    for name in ("best.keras", "best.keras.json"):
+        shutil.copyfile(best_run[0] / name, directory / name)
+    return directory / "best.keras"
+
+
+def test_best_model_and_inference_only(best_run, tmp_path):
+    tmp, stdout = best_run
+    tests = re.findall(r"Testing at - .* loss (\S+), auc (\S+),", stdout)
     assert len(tests) == 2
-    info = json.loads((tmp_path / "best.keras.json").read_text())
+    info = json.loads((tmp / "best.keras.json").read_text())
     best_auc = max(float(auc) for _, auc in tests)
     assert info["test"]["auc"] == pytest.approx(best_auc, abs=5e-5)
     assert info["step"] in (10, 20)
 
     proc = run_job(
         tmp_path / "b.npz",
-        *common,
-        f"--load_model={best}",
+        *BEST_MODEL_RUN,
+        f"--load_model={tmp / 'best.keras'}",
         "--inference_only",
         f"--run_dir={tmp_path}/b",
     )
@@ -158,10 +176,9 @@ def run_cli(*flags):
     return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
 
 
-def test_a_diverging_resumed_run_keeps_the_best_model(tmp_path):
-    best = tmp_path / "best.keras"
+def test_a_diverging_resumed_run_keeps_the_best_model(best_run, tmp_path):
+    best = best_model_copy(best_run, tmp_path)
     common = BEST_MODEL_RUN
-    run_job(tmp_path / "a.npz", *common, f"--save_model={best}", f"--run_dir={tmp_path}/a")
     model_bytes, info = best.read_bytes(), (tmp_path / "best.keras.json").read_text()
     assert np.isfinite(json.loads(info)["test"]["auc"])
     proc = run_cli(
@@ -184,10 +201,9 @@ def test_a_diverging_resumed_run_keeps_the_best_model(tmp_path):
     assert json.loads((tmp_path / "b" / "history.json").read_text())["steps"] == step
 
 
-def test_a_resumed_run_that_does_not_improve_keeps_the_best_model(tmp_path):
-    best = tmp_path / "best.keras"
-    common = ["--mini_batch_size=16", "--num_batches=20", "--test_freq=20", "--loss_function=bce"]
-    run_job(tmp_path / "a.npz", *common, f"--save_model={best}", f"--run_dir={tmp_path}/a")
+def test_a_resumed_run_that_does_not_improve_keeps_the_best_model(best_run, tmp_path):
+    best = best_model_copy(best_run, tmp_path)
+    common = BEST_MODEL_RUN
     info = (tmp_path / "best.keras.json").read_text()
     # lr 0: the resumed epoch ends at the loaded model's AUC, which does not beat it.
     proc = run_job(
