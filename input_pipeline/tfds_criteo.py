@@ -26,6 +26,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from input_pipeline import convert, criteo
+from input_pipeline.features import DENSE_KEY, SPARSE_KEY
 
 
 class CriteoKaggleConfig(tfds.core.BuilderConfig):
@@ -65,10 +66,10 @@ class CriteoKaggle(tfds.core.GeneratorBasedBuilder):
             features=tfds.features.FeaturesDict(
                 {
                     "label": tfds.features.Scalar(dtype=np.int64),
-                    "dense_features": tfds.features.Tensor(
+                    DENSE_KEY: tfds.features.Tensor(
                         shape=(criteo.NUM_DENSE,), dtype=np.float32
                     ),
-                    "sparse_features": tfds.features.Tensor(
+                    SPARSE_KEY: tfds.features.Tensor(
                         shape=(criteo.NUM_SPARSE,), dtype=np.int64
                     ),
                 }
@@ -108,8 +109,8 @@ class CriteoKaggle(tfds.core.GeneratorBasedBuilder):
                         first + i,
                         {
                             "label": int(parsed["label"][i]),
-                            "dense_features": parsed["dense"][i],
-                            "sparse_features": parsed["ids"][i],
+                            DENSE_KEY: parsed["dense"][i],
+                            SPARSE_KEY: parsed["ids"][i],
                         },
                     )
             first += lines
