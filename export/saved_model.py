@@ -160,27 +160,6 @@ def export_model(
     return target
 
 
-def load_checkpoint(path: str | os.PathLike) -> Any:
-    """Loads a ``.keras`` model file written by ``model.save`` (without its optimizer state)."""
-    import keras
-
-    import dlrm_tf.model  # (also registers the custom classes for deserialisation)
-
-    path = os.fspath(path)
-    problem = safe_files.keras_archive_problem(path)
-    if problem:
-        raise ExportError(f"--load_model={path}: {problem}")
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as error:  # noqa: BLE001  (Keras raises many kinds for a bad file)
-        raise ExportError(
-            f"--load_model={path}: cannot be loaded as a DLRM model ({errors.one_line(error)})"
-        ) from error
-    if not isinstance(model, dlrm_tf.model.DLRM):
-        raise ExportError(f"--load_model={path}: not a DLRM model ({type(model).__name__})")
-    return model
-
-
 def _check_target(target: str, overwrite: bool) -> None:
     """A version may replace only a SavedModel this exporter wrote, and only with
     ``overwrite``."""
@@ -316,7 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parse_args(argv)
     try:
-        model = load_checkpoint(args.load_model)
+        from dlrm_tf.checkpoints import load_model
+
+        model = load_model(args.load_model)
         raw = None
         if args.processed_data_dir:
             from input_pipeline.criteo import RawPreprocessor
