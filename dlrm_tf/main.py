@@ -298,6 +298,10 @@ def run() -> None:
     """Console-script entry point (``dlrm-tf``)."""
     from input_pipeline.errors import parse_absl_flags
 
+    # --help lists the key flags of the program named by sys.argv[0]; make this
+    # project's flags those, leaving TensorFlow's and absl's own to --helpfull.
+    for flag in FLAGS.get_flags_for_module(dlrm_flags):
+        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_absl_flags)
 
 

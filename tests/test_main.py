@@ -180,3 +180,14 @@ def test_natural_mistakes_end_in_one_error_line(tmp_path):
         result = run_module("dlrm_tf.main", *args, f"--run_dir={tmp_path}/run", cwd=tmp_path)
         lines.append(assert_one_error_line(result.returncode, result.stderr, message))
     assert lines[1].startswith("error: assertion failed: [Ids out of range of table_sizes")
+
+
+def test_help_lists_the_programs_own_flags_and_leaves_the_rest_to_helpfull():
+    short = run_cli("--help", cwd=ROOT)
+    full = run_cli("--helpfull", cwd=ROOT)
+    ours = set(re.findall(r"^  --(?:\[no\])?(\w+)", short.stdout, re.M))
+    everything = set(re.findall(r"^  --(?:\[no\])?(\w+)", full.stdout, re.M))
+    project = {f.name for f in flags.FLAGS.get_flags_for_module("dlrm_tf.flags")}
+    assert ours == project, sorted(ours ^ project)
+    # TensorFlow's and absl's own flags only with --helpfull.
+    assert {"logtostderr", "op_conversion_fallback_to_while_loop"} <= everything - ours
