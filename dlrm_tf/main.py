@@ -10,17 +10,17 @@ import os
 import sys
 import time
 
-# TensorFlow's C++ start-up chatter (CUDA probing on CPU machines) hides the run's own
-# output; TF_CPP_MIN_LOG_LEVEL=0 in the environment brings it back.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from input_pipeline.tf_startup import quiet_tensorflow
 
-import tensorflow as tf
-from absl import app, flags, logging
+quiet_tensorflow()  # before TensorFlow's first import: its start-up lines only on request
 
-from dlrm_tf import flags as dlrm_flags  # noqa: F401  (defines the flags)
-from dlrm_tf.config import ConfigError, ModelConfig, parse_dash_list
-from dlrm_tf.data import DataConfig
-from dlrm_tf.train import TrainConfig
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from dlrm_tf import flags as dlrm_flags  # noqa: E402  (defines the flags)
+from dlrm_tf.config import ConfigError, ModelConfig, parse_dash_list  # noqa: E402
+from dlrm_tf.data import DataConfig  # noqa: E402
+from dlrm_tf.train import TrainConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
 

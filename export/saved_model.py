@@ -34,14 +34,19 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-import tensorflow as tf
-from absl import logging
+from input_pipeline.tf_startup import quiet_tensorflow
 
-from export import signatures as sig
-from export import warmup
-from export.session_loader import ServingSession
-from input_pipeline import errors, safe_files
+if __name__ == "__main__":  # the command: TensorFlow's start-up lines only on request
+    quiet_tensorflow()
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import logging  # noqa: E402
+
+from export import signatures as sig  # noqa: E402
+from export import warmup  # noqa: E402
+from export.session_loader import ServingSession  # noqa: E402
+from input_pipeline import errors, safe_files  # noqa: E402
 
 TMP_PREFIX = ".tmp-export-"
 OLD_PREFIX = ".old-version-"

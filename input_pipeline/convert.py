@@ -72,11 +72,16 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import numpy as np
-import tensorflow as tf
-from absl import app, flags, logging
+from input_pipeline.tf_startup import quiet_tensorflow
 
-from input_pipeline import criteo, errors, safe_files
+if __name__ == "__main__":  # the command: TensorFlow's start-up lines only on request
+    quiet_tensorflow()
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from input_pipeline import criteo, errors, safe_files  # noqa: E402
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "test", "validation")
