@@ -187,6 +187,11 @@ class _ReadPosition:
         self.bytes = 0
 
 
+def chunk_lines(chunk: bytes) -> int:
+    """Lines in a chunk of ``iter_chunks`` (it never ends with the newline)."""
+    return chunk.count(b"\n") + 1
+
+
 def iter_chunks(
     path: str, position: _ReadPosition | None = None, long_lines: dict[int, bytes] | None = None
 ) -> Iterator[bytes]:
@@ -241,7 +246,7 @@ def iter_chunks(
             chunk = _cut_long_lines(path, chunk, lines_before + 1, long_lines)
             if b"\r" in chunk or chunk.endswith(b"\r"):
                 chunk = (chunk + b"\n").replace(b"\r\n", b"\n")[:-1]
-            lines_before += chunk.count(b"\n") + 1
+            lines_before += chunk_lines(chunk)
             yield chunk
 
 
@@ -303,7 +308,7 @@ def count_source_lines(
     position = progress.position if progress is not None else None
     long_lines = {} if skip_long_lines else None
     for chunk in iter_chunks(source.path, position, long_lines):
-        count = chunk.count(b"\n") + 1
+        count = chunk_lines(chunk)
         lines += count
         if progress is not None:
             progress.update(count)

@@ -99,7 +99,7 @@ class CriteoKaggle(tfds.core.GeneratorBasedBuilder):
         parse = tf.function(lambda chunk: preprocessor.parse_lines(tf.strings.split(chunk, "\n")))
         first = 0  # 0-based index of the chunk's first line
         for chunk in convert.iter_chunks(path):
-            lines = chunk.count(b"\n") + 1
+            lines = convert.chunk_lines(chunk)
             if first + lines > start and first < stop:
                 parsed = {k: v.numpy() for k, v in parse(tf.constant(chunk)).items()}
                 if len(parsed["bad_index"]):
