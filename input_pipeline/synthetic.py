@@ -27,10 +27,15 @@ import sys
 import time
 from collections.abc import Iterator
 
-import numpy as np
+from input_pipeline.tf_startup import quiet_tensorflow
 
-from input_pipeline.auc import roc_auc
-from input_pipeline.criteo import KAGGLE_CARDINALITIES, NUM_DENSE, NUM_SPARSE
+if __name__ == "__main__":  # the command: TensorFlow's start-up lines only on request
+    quiet_tensorflow()
+
+import numpy as np  # noqa: E402
+
+from input_pipeline.auc import roc_auc  # noqa: E402
+from input_pipeline.criteo import KAGGLE_CARDINALITIES, NUM_DENSE, NUM_SPARSE  # noqa: E402
 
 CHUNK_ROWS = 65536
 

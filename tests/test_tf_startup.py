@@ -1,4 +1,5 @@
-"""The command-line programs do not print TensorFlow's start-up lines unless asked."""
+"""The command-line programs (train, convert, export, generate, query) print
+TensorFlow's start-up lines only when asked."""
 
 import os
 import re
@@ -41,8 +42,10 @@ def startup_lines() -> set[str]:
         ["-m", "dlrm_tf.main", "--help"],
         ["-m", "input_pipeline.convert", "--help"],
         ["-m", "export.saved_model", "--help"],
+        ["-m", "input_pipeline.synthetic", "--help"],
+        ["-m", "export.grpc_client", "--help"],
     ],
-    ids=["train", "convert", "export"],
+    ids=["train", "convert", "export", "synthetic", "grpc_client"],
 )
 def test_help_of_each_command_is_free_of_startup_lines(command, startup_lines):
     quiet = run(command)
