@@ -49,14 +49,17 @@ def _assigns(name: str):
     )
 
 
-def _names_every_optimizer(node: ast.AST) -> bool:
-    """A list of the optimizers' names, or a table of them with their slot counts (a
-    table of a per-optimizer setting, such as a bench's learning rates, uses them)."""
-    value = _literal(node)
-    if isinstance(value, dict) and not all(isinstance(v, int) for v in value.values()):
-        return False
-    strings = {v for v in value or () if isinstance(v, str)}
-    return {"sgd", "adagrad", "adam"} <= strings
+def _names_every(*names: str):
+    """A list of the names, or a table of them with counts (a table of a setting or
+    a description per name, such as a bench's learning rates, uses the names)."""
+
+    def predicate(node: ast.AST) -> bool:
+        value = _literal(node)
+        if isinstance(value, dict) and not all(isinstance(v, int) for v in value.values()):
+            return False
+        return set(names) <= {v for v in value or () if isinstance(v, str)}
+
+    return predicate
 
 
 def _lists_kaggle_cardinalities(node: ast.AST) -> bool:
@@ -70,7 +73,8 @@ CONCEPTS = {
     ".keras loader": lambda n: isinstance(n, ast.Call)
     and ast.unparse(n.func) == "keras.saving.load_model",
     "ROC AUC": lambda n: isinstance(n, ast.FunctionDef) and n.name in ("auc", "roc_auc"),
-    "optimizer names": _names_every_optimizer,
+    "optimizer names": _names_every("sgd", "adagrad", "adam"),
+    "loss names": _names_every("mse", "bce", "wbce"),
     "Kaggle cardinalities": _lists_kaggle_cardinalities,
 }
 
