@@ -27,13 +27,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from input_pipeline import errors, random_data, trace  # noqa: E402
+from input_pipeline.criteo import KAGGLE_CARDINALITIES, NUM_DENSE  # noqa: E402
+from input_pipeline.features import DENSE_KEY  # noqa: E402
 
-KAGGLE_SIZES = [
-    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
-    27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
-]  # fmt: skip
 BATCH = 2048
-NUM_DENSE = 13
 
 
 def rows_per_s(ds, batches: int) -> float:
@@ -45,7 +42,7 @@ def rows_per_s(ds, batches: int) -> float:
     rows = 0
     for _ in range(batches):
         features, _ = next(it)
-        rows += int(features["dense_features"].shape[0])
+        rows += int(features[DENSE_KEY].shape[0])
     return rows / (time.perf_counter() - start)
 
 
@@ -54,7 +51,7 @@ def numpy_random_rows_per_s(h: int, batches: int) -> float:
     start = time.perf_counter()
     for b in range(batches):
         random_data.random_batch(
-            random_data.batch_rng(0, b), KAGGLE_SIZES, NUM_DENSE, BATCH, h, False
+            random_data.batch_rng(0, b), KAGGLE_CARDINALITIES, NUM_DENSE, BATCH, h, False
         )
     return batches * BATCH / (time.perf_counter() - start)
 
@@ -62,7 +59,7 @@ def numpy_random_rows_per_s(h: int, batches: int) -> float:
 def trace_tables(directory: str) -> tuple[str, list[int]]:
     """Writes 26 distribution files (the examples, cycled); returns pattern and sizes."""
     sizes = []
-    for t in range(len(KAGGLE_SIZES)):
+    for t in range(len(KAGGLE_CARDINALITIES)):
         src = os.path.join(ROOT, "input", f"dist_emb_{t % 3}.log")
         shutil.copy(src, os.path.join(directory, f"dist_{t}.log"))
         sizes.append(int(trace.load_distribution(src).unique_ids.max()) + 1)
@@ -79,7 +76,7 @@ def main() -> None:
 
     for h in (1, 10):
         ds = random_data.random_dataset(
-            table_sizes=KAGGLE_SIZES, num_dense=NUM_DENSE, batch_size=BATCH,
+            table_sizes=KAGGLE_CARDINALITIES, num_dense=NUM_DENSE, batch_size=BATCH,
             num_batches=max(total, 64), num_indices_per_lookup=h,
         )  # fmt: skip
         result[f"random_rows_per_s_h{h}"] = rows_per_s(ds.prefetch(2), n)

@@ -31,12 +31,8 @@ import tensorflow as tf
 
 from bench.machine import cpu_model
 from export.session_loader import ServingSession
-
-KAGGLE_TABLE_SIZES = (
-    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
-    27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
-)  # fmt: skip
-NUM_DENSE = 13
+from input_pipeline.criteo import KAGGLE_CARDINALITIES, NUM_DENSE
+from input_pipeline.features import DENSE_KEY, SPARSE_KEY
 
 
 def export_bench_model(export_base: str, max_rows: int, seed: int) -> str:
@@ -50,7 +46,7 @@ def export_bench_model(export_base: str, max_rows: int, seed: int) -> str:
     keras.utils.set_random_seed(seed)
     config = ModelConfig(
         embedding_dim=16,
-        table_sizes=tuple(min(n, max_rows) for n in KAGGLE_TABLE_SIZES),
+        table_sizes=tuple(min(n, max_rows) for n in KAGGLE_CARDINALITIES),
         bottom_mlp=(NUM_DENSE, 512, 256, 64, 16),
         top_mlp=(512, 256, 1),
     )
@@ -65,7 +61,7 @@ def bench_requests(table_sizes: Sequence[int], batch: int, seed: int) -> list[di
     for _ in range(4):
         dense = rng.uniform(0, 5, size=(batch, NUM_DENSE)).astype(np.float32)
         ids = np.minimum((rng.random((batch, len(sizes))) * sizes).astype(np.int64), sizes - 1)
-        requests.append({"dense_features": dense, "sparse_features": ids})
+        requests.append({DENSE_KEY: dense, SPARSE_KEY: ids})
     return requests
 
 

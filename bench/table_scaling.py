@@ -37,9 +37,9 @@ import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from dlrm_tf.config import ModelConfig  # noqa: E402
+from dlrm_tf.config import OPTIMIZERS, ModelConfig  # noqa: E402
 from dlrm_tf.model import DENSE_KEY, SPARSE_KEY, build_model  # noqa: E402
-from dlrm_tf.optimizers import OPTIMIZER_NAMES, make_optimizer  # noqa: E402
+from dlrm_tf.optimizers import make_optimizer  # noqa: E402
 
 EMBEDDING_DIM = 16
 BATCH = 2048
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="steps per timed epoch for Keras's stock optimizers (slow on 10^7 rows)",
     )
     parser.add_argument("--no_stock", action="store_true", help="skip Keras's stock optimizers")
-    parser.add_argument("--optimizers", default=",".join(OPTIMIZER_NAMES))
+    parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     args = parser.parse_args(argv)
 
     if args.mirrored:

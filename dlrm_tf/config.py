@@ -11,7 +11,10 @@ from collections.abc import Sequence
 
 INTERACTIONS = ("dot", "cat")
 LOSSES = ("mse", "bce", "wbce")
-OPTIMIZERS = ("sgd", "adagrad", "adam")
+# Float32 values each optimizer keeps per parameter (Adagrad's accumulator, Adam's
+# two moments); its keys are the optimizers' names.
+OPTIMIZER_SLOTS = {"sgd": 0, "adagrad": 1, "adam": 2}
+OPTIMIZERS = tuple(OPTIMIZER_SLOTS)
 # Where the initial weights come from: Keras's generator, or the reference's NumPy draws.
 INITIALIZERS = ("keras", "reference")
 
@@ -22,6 +25,14 @@ class ConfigError(ValueError):
     The message names the config field at fault as `field` (backquoted); a command
     line shows it as its flag (``input_pipeline.errors.with_flag_names``).
     """
+
+
+def dot_pairs(num_features: int, self_interaction: bool) -> int:
+    """Number of pairwise dot products the dot interaction keeps among ``num_features``
+    vectors: the lower triangle, with the diagonal when ``self_interaction``."""
+    if self_interaction:
+        return num_features * (num_features + 1) // 2
+    return num_features * (num_features - 1) // 2
 
 
 def parse_dash_list(text: str, flag: str) -> tuple[int, ...]:
@@ -92,15 +103,9 @@ class ModelConfig:
     @property
     def interaction_width(self) -> int:
         """Width of the interaction output, the top MLP's input width."""
-        num_features = self.num_tables + 1
         if self.interaction == "cat":
             return self.bottom_mlp[-1] + self.num_tables * self.embedding_dim
-        pairs = (
-            num_features * (num_features + 1) // 2
-            if self.interaction_itself
-            else (num_features * (num_features - 1) // 2)
-        )
-        return self.bottom_mlp[-1] + pairs
+        return self.bottom_mlp[-1] + dot_pairs(self.num_tables + 1, self.interaction_itself)
 
     def validate(self) -> None:
         """Checks the architecture; raises ConfigError naming the field at fault."""

@@ -16,6 +16,9 @@ from absl import flags
 
 from dlrm_tf.config import (
     INITIALIZERS,
+    INTERACTIONS,
+    LOSSES,
+    OPTIMIZERS,
     ArtifactsConfig,
     ConfigError,
     ModelConfig,
@@ -34,7 +37,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("arch_mlp_bot", "4-3-2", "Bottom MLP widths including its input width.")
 flags.DEFINE_string("arch_mlp_top", "4-2-1", "Top MLP widths; its input width is added.")
-flags.DEFINE_enum("arch_interaction_op", "dot", ["dot", "cat"], "Feature interaction.")
+flags.DEFINE_enum("arch_interaction_op", "dot", list(INTERACTIONS), "Feature interaction.")
 flags.DEFINE_bool("arch_interaction_itself", False, "Keep self dot products too.")
 
 # --- data ---
@@ -95,7 +98,7 @@ flags.DEFINE_bool("round_targets", False, "Round labels to 0/1.")
 flags.DEFINE_integer("mini_batch_size", 1, "Global training batch size.")
 flags.DEFINE_integer("nepochs", 1, "Epochs.")
 flags.DEFINE_float("learning_rate", 0.01, "Learning rate.")
-flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adagrad", "adam"], "Optimizer (sparse updates).")
+flags.DEFINE_enum("optimizer", "sgd", list(OPTIMIZERS), "Optimizer (sparse updates).")
 flags.DEFINE_integer("numpy_rand_seed", 123, "Seed of data generation and initialisation.")
 flags.DEFINE_enum(
     "init",
@@ -104,7 +107,7 @@ flags.DEFINE_enum(
     "Initial weights: keras = Keras's generator seeded with --numpy_rand_seed; reference = "
     "the reference's np.random.RandomState(--numpy_rand_seed) draws, in its order.",
 )
-flags.DEFINE_enum("loss_function", "mse", ["mse", "bce", "wbce"], "Loss.")
+flags.DEFINE_enum("loss_function", "mse", list(LOSSES), "Loss.")
 flags.DEFINE_string("loss_weights", "1.0-1.0", "wbce weights 'w0-w1' for labels 0 and 1.")
 flags.DEFINE_float("loss_threshold", 0.0, "Clamp probabilities to [t, 1-t] (0 = off).")
 flags.DEFINE_integer("lr_num_warmup_steps", 0, "Linear warm-up steps.")

@@ -13,6 +13,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dlrm_tf.config import dot_pairs
+
 PACKAGE = "dlrm_tf"
 
 # Id used to pad multi-hot bags (and to mark an empty one-hot bag).
@@ -303,11 +305,7 @@ class DotInteraction(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         x_shape, emb_shape = input_shape
-        num_features = emb_shape[1] + 1
-        pairs = num_features * (num_features + 1) // 2 if self.self_interaction else (
-            num_features * (num_features - 1) // 2
-        )
-        return (x_shape[0], x_shape[1] + pairs)
+        return (x_shape[0], x_shape[1] + dot_pairs(emb_shape[1] + 1, self.self_interaction))
 
     def get_config(self) -> dict:
         config = super().get_config()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from dlrm_tf.config import LOSSES
 from dlrm_tf.layers import PACKAGE
 
 # The reference's BCE (torch.nn.BCELoss) clamps each log term at -100.
@@ -33,8 +34,8 @@ class DLRMLoss(keras.losses.Loss):
         name: str | None = None,
         **kwargs,
     ) -> None:
-        if kind not in ("mse", "bce", "wbce"):
-            raise ValueError(f"`loss_function`={kind!r}: must be one of mse, bce, wbce")
+        if kind not in LOSSES:
+            raise ValueError(f"`loss_function`={kind!r}: must be one of {', '.join(LOSSES)}")
         super().__init__(name=name or kind, **kwargs)
         self.kind = kind
         self.weights = (float(weights[0]), float(weights[1]))

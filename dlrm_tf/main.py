@@ -11,15 +11,15 @@ import os
 import sys
 import time
 
-# TensorFlow's C++ start-up chatter (CUDA probing on CPU machines) hides the run's own
-# output; TF_CPP_MIN_LOG_LEVEL=0 in the environment brings it back.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from input_pipeline.tf_startup import quiet_tensorflow
 
-from absl import app, flags, logging
+quiet_tensorflow()  # before TensorFlow's first import: its start-up lines only on request
 
-from dlrm_tf import flags as dlrm_flags
-from dlrm_tf import job
-from dlrm_tf.train import RunResult
+from absl import app, flags, logging  # noqa: E402
+
+from dlrm_tf import flags as dlrm_flags  # noqa: E402  (defines the flags)
+from dlrm_tf import job  # noqa: E402
+from dlrm_tf.train import RunResult  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -64,6 +64,10 @@ def run() -> None:
     """Console-script entry point (``dlrm-tf``)."""
     from input_pipeline.errors import parse_absl_flags
 
+    # --help lists the key flags of the program named by sys.argv[0]; make this
+    # project's flags those, leaving TensorFlow's and absl's own to --helpfull.
+    for flag in FLAGS.get_flags_for_module(dlrm_flags):
+        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_absl_flags)
 
 

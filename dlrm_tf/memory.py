@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import psutil
 
-from dlrm_tf.config import ModelConfig
+from dlrm_tf.config import OPTIMIZER_SLOTS, ModelConfig
 
-# Optimizer slots per parameter (accumulators, moments).
-SLOTS = {"sgd": 0, "adagrad": 1, "adam": 2}
 # Room for activations, gradients of the batch, the input pipeline and the runtime.
 HEADROOM = 1.25
 
@@ -32,7 +30,7 @@ def parameter_counts(config: ModelConfig) -> tuple[int, int]:
 def required_bytes(config: ModelConfig, optimizer: str, replicas_per_host: int = 1) -> int:
     """Bytes of float32 parameters plus optimizer slots, for every replica on this host."""
     embedding, mlp = parameter_counts(config)
-    per_copy = (embedding + mlp) * 4 * (1 + SLOTS[optimizer])
+    per_copy = (embedding + mlp) * 4 * (1 + OPTIMIZER_SLOTS[optimizer])
     return per_copy * replicas_per_host
 
 
@@ -61,11 +59,11 @@ def check_memory(
     if available_bytes is None:
         available_bytes = psutil.virtual_memory().available
     if need * HEADROOM > available_bytes:
-        gib = 2**30
+        gib, slots = 2**30, OPTIMIZER_SLOTS[optimizer]
         raise ModelTooLargeError(
             f"the model does not fit in {device}: embedding tables "
             f"{sum(config.table_sizes):,} rows x {config.embedding_dim} = {embedding:,} params, "
-            f"MLPs {mlp:,} params; x 4 bytes x (1 weight + {SLOTS[optimizer]} {optimizer} "
+            f"MLPs {mlp:,} params; x 4 bytes x (1 weight + {slots} {optimizer} "
             f"slots) x {replicas_per_host} replica(s) = {need / gib:.2f} GiB, "
             f"x {HEADROOM} headroom = {need * HEADROOM / gib:.2f} GiB > "
             f"{available_bytes / gib:.2f} GiB available. Lower `max_ind_range` (convert with a "

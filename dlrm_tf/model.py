@@ -12,9 +12,7 @@ import tensorflow as tf
 
 from dlrm_tf.config import ModelConfig
 from dlrm_tf.layers import MLP, PACKAGE, CatInteraction, DotInteraction, EmbeddingBags
-
-DENSE_KEY = "dense_features"
-SPARSE_KEY = "sparse_features"
+from input_pipeline.features import DENSE_KEY, SPARSE_KEY
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -37,9 +37,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from dlrm_tf.config import OPTIMIZERS
 from dlrm_tf.layers import PACKAGE, replica_local_variable
-
-OPTIMIZER_NAMES = ("sgd", "adagrad", "adam")
 
 LearningRate = float | keras.optimizers.schedules.LearningRateSchedule
 
@@ -273,7 +272,7 @@ def make_optimizer(
     """Creates the optimizer called ``name`` (``sgd``, ``adagrad`` or ``adam``).
 
     Args:
-      name: one of ``OPTIMIZER_NAMES``.
+      name: one of ``config.OPTIMIZERS``.
       learning_rate: a float or a ``keras.optimizers.schedules.LearningRateSchedule``
         (evaluated at the optimizer's step count).
       **kwargs: passed to the optimizer, e.g. ``epsilon``, ``beta_1``, ``clipnorm``.
@@ -289,6 +288,6 @@ def make_optimizer(
         cls = _CLASSES[name]
     except KeyError:
         raise ValueError(
-            f"unknown optimizer {name!r}: expected one of {OPTIMIZER_NAMES}"
+            f"unknown optimizer {name!r}: expected one of {OPTIMIZERS}"
         ) from None
     return cls(learning_rate=learning_rate, **kwargs)

@@ -24,11 +24,16 @@ import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 
-import numpy as np
+from input_pipeline.tf_startup import quiet_tensorflow
 
-from export import signatures as sig
-from export.warmup import predict_request
-from input_pipeline import errors
+if __name__ == "__main__":  # the command: TensorFlow's start-up lines only on request
+    quiet_tensorflow()
+
+import numpy as np  # noqa: E402
+
+from export import signatures as sig  # noqa: E402
+from export.warmup import predict_request  # noqa: E402
+from input_pipeline import errors  # noqa: E402
 
 DEFAULT_TIMEOUT_S = 10.0
 

@@ -34,14 +34,19 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-import tensorflow as tf
-from absl import logging
+from input_pipeline.tf_startup import quiet_tensorflow
 
-from export import signatures as sig
-from export import warmup
-from export.session_loader import ServingSession
-from input_pipeline import errors, safe_files
+if __name__ == "__main__":  # the command: TensorFlow's start-up lines only on request
+    quiet_tensorflow()
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import logging  # noqa: E402
+
+from export import signatures as sig  # noqa: E402
+from export import warmup  # noqa: E402
+from export.session_loader import ServingSession  # noqa: E402
+from input_pipeline import errors, safe_files  # noqa: E402
 
 TMP_PREFIX = ".tmp-export-"
 OLD_PREFIX = ".old-version-"
@@ -158,27 +163,6 @@ def export_model(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return target
-
-
-def load_checkpoint(path: str | os.PathLike) -> Any:
-    """Loads a ``.keras`` model file written by ``model.save`` (without its optimizer state)."""
-    import keras
-
-    import dlrm_tf.model  # (also registers the custom classes for deserialisation)
-
-    path = os.fspath(path)
-    problem = safe_files.keras_archive_problem(path)
-    if problem:
-        raise ExportError(f"`load_model`={path}: {problem}")
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as error:  # noqa: BLE001  (Keras raises many kinds for a bad file)
-        raise ExportError(
-            f"`load_model`={path}: cannot be loaded as a DLRM model ({errors.one_line(error)})"
-        ) from error
-    if not isinstance(model, dlrm_tf.model.DLRM):
-        raise ExportError(f"`load_model`={path}: not a DLRM model ({type(model).__name__})")
-    return model
 
 
 def _check_target(target: str, overwrite: bool) -> None:
@@ -316,7 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parse_args(argv)
     try:
-        model = load_checkpoint(args.load_model)
+        from dlrm_tf.checkpoints import load_model
+
+        model = load_model(args.load_model)
         raw = None
         if args.processed_data_dir:
             from input_pipeline.criteo import RawPreprocessor

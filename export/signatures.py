@@ -32,8 +32,8 @@ from typing import Any, Protocol
 
 import tensorflow as tf
 
-DENSE_KEY = "dense_features"
-SPARSE_KEY = "sparse_features"
+from input_pipeline.features import DENSE_KEY, SPARSE_KEY
+
 FIELDS_KEY = "fields"
 OUTPUT_KEY = "probability"
 

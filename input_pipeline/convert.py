@@ -72,11 +72,16 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import numpy as np
-import tensorflow as tf
-from absl import app, flags, logging
+from input_pipeline.tf_startup import quiet_tensorflow
 
-from input_pipeline import criteo, errors, safe_files
+if __name__ == "__main__":  # the command: TensorFlow's start-up lines only on request
+    quiet_tensorflow()
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from input_pipeline import criteo, errors, safe_files  # noqa: E402
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "test", "validation")
@@ -182,6 +187,11 @@ class _ReadPosition:
         self.bytes = 0
 
 
+def chunk_lines(chunk: bytes) -> int:
+    """Lines in a chunk of ``iter_chunks`` (it never ends with the newline)."""
+    return chunk.count(b"\n") + 1
+
+
 def iter_chunks(
     path: str, position: _ReadPosition | None = None, long_lines: dict[int, bytes] | None = None
 ) -> Iterator[bytes]:
@@ -236,7 +246,7 @@ def iter_chunks(
             chunk = _cut_long_lines(path, chunk, lines_before + 1, long_lines)
             if b"\r" in chunk or chunk.endswith(b"\r"):
                 chunk = (chunk + b"\n").replace(b"\r\n", b"\n")[:-1]
-            lines_before += chunk.count(b"\n") + 1
+            lines_before += chunk_lines(chunk)
             yield chunk
 
 
@@ -298,7 +308,7 @@ def count_source_lines(
     position = progress.position if progress is not None else None
     long_lines = {} if skip_long_lines else None
     for chunk in iter_chunks(source.path, position, long_lines):
-        count = chunk.count(b"\n") + 1
+        count = chunk_lines(chunk)
         lines += count
         if progress is not None:
             progress.update(count)

@@ -31,6 +31,7 @@ from typing import Any
 import tensorflow as tf
 
 from input_pipeline import criteo, safe_files
+from input_pipeline.features import DENSE_KEY, SPARSE_KEY
 
 SUPPORTED_FORMAT_VERSIONS = (1,)
 SPLIT_NAMES = ("train", "test", "validation")
@@ -302,7 +303,7 @@ def make_dataset(
 
     def to_features(label: tf.Tensor, dense: tf.Tensor, ids: tf.Tensor) -> tuple[dict, tf.Tensor]:
         sparse = ids[:, :, tf.newaxis] if multi_hot else ids
-        return {"dense_features": dense, "sparse_features": sparse}, label
+        return {DENSE_KEY: dense, SPARSE_KEY: sparse}, label
 
     return batches.map(to_features, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 

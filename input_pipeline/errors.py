@@ -105,7 +105,7 @@ def parse_absl_flags(argv: Sequence[str]) -> list[str]:
     try:
         return flags.FLAGS(list(argv))
     except flags.Error as error:
-        print(f"error: {error} (see {os.path.basename(argv[0])} --helpshort)", file=sys.stderr)
+        print(f"error: {error} (see {os.path.basename(argv[0])} --help)", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
 
 

@@ -46,6 +46,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from input_pipeline.features import DENSE_KEY, SPARSE_KEY
+
 if TYPE_CHECKING:
     import tensorflow as tf
 
@@ -251,7 +253,7 @@ def _bytes_per_row(num_dense: int, num_tables: int, width: int) -> int:
 
 
 def _structure(dense: Any, ids: Any, targets: Any) -> tuple[dict[str, Any], Any]:
-    return {"dense_features": dense, "sparse_features": ids}, targets
+    return {DENSE_KEY: dense, SPARSE_KEY: ids}, targets
 
 
 def _signature(num_dense: int, num_tables: int, width: int, multi_hot: bool) -> Any:
@@ -324,7 +326,7 @@ def dataset_from_batches(
         return tf.data.Dataset.range(len(sizes)).map(take)
 
     if make_batch is not None:
-        sparse_shape = signature[0]["sparse_features"].shape
+        sparse_shape = signature[0][SPARSE_KEY].shape
 
         def generate(i: tf.Tensor) -> Any:
             dense, ids, targets = tf.numpy_function(

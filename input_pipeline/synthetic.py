@@ -27,9 +27,15 @@ import sys
 import time
 from collections.abc import Iterator
 
-import numpy as np
+from input_pipeline.tf_startup import quiet_tensorflow
 
-from input_pipeline.criteo import KAGGLE_CARDINALITIES, NUM_DENSE, NUM_SPARSE
+if __name__ == "__main__":  # the command: TensorFlow's start-up lines only on request
+    quiet_tensorflow()
+
+import numpy as np  # noqa: E402
+
+from input_pipeline.auc import roc_auc  # noqa: E402
+from input_pipeline.criteo import KAGGLE_CARDINALITIES, NUM_DENSE, NUM_SPARSE  # noqa: E402
 
 CHUNK_ROWS = 65536
 
@@ -313,22 +319,6 @@ def write_text(
     )
 
 
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC of ``scores`` for binary ``labels`` (ties count one half)."""
-    labels = np.asarray(labels).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    positives = int(labels.sum())
-    negatives = len(labels) - positives
-    if positives == 0 or negatives == 0:
-        raise ValueError("AUC needs both positive and negative labels")
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    # Average 1-based rank of each distinct score.
-    ends = np.cumsum(counts)
-    average_rank = ends - (counts - 1) / 2.0
-    rank_sum = average_rank[inverse][labels].sum()
-    return float((rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives))
-
-
 def oracle_auc(probabilities: np.ndarray, labels: np.ndarray | None = None) -> float:
     """The AUC of the Bayes-optimal scorer (the true probabilities).
 
@@ -338,7 +328,7 @@ def oracle_auc(probabilities: np.ndarray, labels: np.ndarray | None = None) -> f
     """
     p = np.asarray(probabilities, dtype=np.float64)
     if labels is not None:
-        return auc(labels, p)
+        return roc_auc(labels, p)
     unique, inverse = np.unique(p, return_inverse=True)
     pos = np.bincount(inverse, weights=p, minlength=len(unique))
     neg = np.bincount(inverse, weights=1.0 - p, minlength=len(unique))

@@ -26,6 +26,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from input_pipeline import convert, criteo
+from input_pipeline.features import DENSE_KEY, SPARSE_KEY
 
 
 class CriteoKaggleConfig(tfds.core.BuilderConfig):
@@ -65,10 +66,10 @@ class CriteoKaggle(tfds.core.GeneratorBasedBuilder):
             features=tfds.features.FeaturesDict(
                 {
                     "label": tfds.features.Scalar(dtype=np.int64),
-                    "dense_features": tfds.features.Tensor(
+                    DENSE_KEY: tfds.features.Tensor(
                         shape=(criteo.NUM_DENSE,), dtype=np.float32
                     ),
-                    "sparse_features": tfds.features.Tensor(
+                    SPARSE_KEY: tfds.features.Tensor(
                         shape=(criteo.NUM_SPARSE,), dtype=np.int64
                     ),
                 }
@@ -98,7 +99,7 @@ class CriteoKaggle(tfds.core.GeneratorBasedBuilder):
         parse = tf.function(lambda chunk: preprocessor.parse_lines(tf.strings.split(chunk, "\n")))
         first = 0  # 0-based index of the chunk's first line
         for chunk in convert.iter_chunks(path):
-            lines = chunk.count(b"\n") + 1
+            lines = convert.chunk_lines(chunk)
             if first + lines > start and first < stop:
                 parsed = {k: v.numpy() for k, v in parse(tf.constant(chunk)).items()}
                 if len(parsed["bad_index"]):
@@ -108,8 +109,8 @@ class CriteoKaggle(tfds.core.GeneratorBasedBuilder):
                         first + i,
                         {
                             "label": int(parsed["label"][i]),
-                            "dense_features": parsed["dense"][i],
-                            "sparse_features": parsed["ids"][i],
+                            DENSE_KEY: parsed["dense"][i],
+                            SPARSE_KEY: parsed["ids"][i],
                         },
                     )
             first += lines

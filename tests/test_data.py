@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_multi_worker import free_ports
+from loopback_workers import run_workers
 
 from input_pipeline import convert
 
@@ -98,32 +98,15 @@ def test_mirrored_replicas_train_every_row_once_and_resume_exactly(tmp_path):
 def test_two_workers_train_every_row_once(tmp_path):
     data_dir, train_rows = numbered_data(tmp_path, 168)  # 144 train rows: 12 batches
     steps = train_rows // BATCH
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
-    procs, outs = [], []
-    for index in range(2):
-        work = tmp_path / f"w{index}"
-        work.mkdir()
-        outs.append(work / "report.json")
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, JOB, str(outs[-1]), data_dir, "worker"],
-                cwd=work,
-                env=env(TF_CONFIG=tf_config),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=300)[0])
-    finally:
-        for p in procs:
-            p.kill()
-    for p, log in zip(procs, logs, strict=True):
-        assert p.returncode == 0, log[-4000:]
+    outs = [tmp_path / f"w{index}" / "report.json" for index in range(2)]
+    for out in outs:
+        out.parent.mkdir()
+    run_workers(
+        lambda index: [JOB, str(outs[index]), data_dir, "worker"],
+        env(),
+        lambda index: str(outs[index].parent),
+        timeout=300,
+    )
     reports = [json.loads(o.read_text()) for o in outs]
     assert [r["steps"] for r in reports] == [steps, steps]
     # Each worker trained half of every global batch; together every row once.

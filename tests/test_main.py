@@ -337,3 +337,12 @@ def test_one_command_shuffles_and_sub_samples_as_the_converter_does(cli, tmp_pat
     train = labels[:1200]
     negatives, positives = train.count("0"), train.count("1")
     assert positives + 0.35 * negatives < rows["train"] < positives + 0.65 * negatives
+def test_help_lists_the_programs_own_flags_and_leaves_the_rest_to_helpfull():
+    short = run_cli("--help", cwd=ROOT)
+    full = run_cli("--helpfull", cwd=ROOT)
+    ours = set(re.findall(r"^  --(?:\[no\])?(\w+)", short.stdout, re.M))
+    everything = set(re.findall(r"^  --(?:\[no\])?(\w+)", full.stdout, re.M))
+    project = {f.name for f in flags.FLAGS.get_flags_for_module("dlrm_tf.flags")}
+    assert ours == project, sorted(ours ^ project)
+    # TensorFlow's and absl's own flags only with --helpfull.
+    assert {"logtostderr", "op_conversion_fallback_to_while_loop"} <= everything - ours

@@ -1,32 +1,17 @@
 """Two MultiWorkerMirroredStrategy workers on 127.0.0.1 train to identical weights."""
 
-import json
 import os
 import re
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from loopback_workers import run_workers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_two_workers_train_identical_weights(tmp_path):
-    ports = free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     flags = [
         "--distribution_strategy=multi_worker_mirrored",
         "--arch_sparse_feature_size=4",
@@ -42,42 +27,20 @@ def test_two_workers_train_identical_weights(tmp_path):
         "--test_freq=5",
         "--plot=false",
     ]
-    procs = []
-    for index in range(2):
-        env = dict(
-            os.environ,
-            CUDA_VISIBLE_DEVICES="",
-            TF_CPP_MIN_LOG_LEVEL="2",
-            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
-        )
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    os.path.join(ROOT, "tests", "cli_job.py"),
-                    str(tmp_path / f"w{index}.npz"),
-                    *flags,
-                    f"--run_dir={tmp_path}/run{index}",
-                    f"--backup_dir={tmp_path}/backup",
-                    "--backup_every=4",
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    outputs = []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=240)
-            outputs.append(out)
-    finally:
-        for p in procs:
-            p.kill()
-    for p, out in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, out[-4000:]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+    outputs = run_workers(
+        lambda index: [
+            os.path.join(ROOT, "tests", "cli_job.py"),
+            str(tmp_path / f"w{index}.npz"),
+            *flags,
+            f"--run_dir={tmp_path}/run{index}",
+            f"--backup_dir={tmp_path}/backup",
+            "--backup_every=4",
+        ],
+        env,
+        lambda index: ROOT,
+        timeout=240,
+    )
     w0, w1 = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
     assert int(w0["steps"]) == int(w1["steps"]) == 10
     keys = [k for k in w0.files if k != "steps"]

@@ -26,11 +26,10 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from oracles import numpy_bags  # noqa: E402
 
-from dlrm_tf.config import ModelConfig  # noqa: E402
+from dlrm_tf.config import OPTIMIZER_SLOTS, OPTIMIZERS, ModelConfig  # noqa: E402
 from dlrm_tf.layers import EmbeddingBags, replica_local_variable  # noqa: E402
 from dlrm_tf.model import DENSE_KEY, SPARSE_KEY, build_model  # noqa: E402
 from dlrm_tf.optimizers import (  # noqa: E402
-    OPTIMIZER_NAMES,
     SparseAdagrad,
     SparseAdam,
     SparseSGD,
@@ -196,7 +195,7 @@ def test_make_optimizer_names_and_config():
         make_optimizer("rmsprop", 0.1)
 
 
-@pytest.mark.parametrize("name", OPTIMIZER_NAMES)
+@pytest.mark.parametrize("name", OPTIMIZERS)
 def test_apply_sums_repeated_ids_and_updates_dense_variables(name):
     """Hand-made IndexedSlices with repeated indices, and a dense variable; 2 steps."""
     rng = np.random.default_rng(1)
@@ -234,7 +233,7 @@ def test_apply_sums_repeated_ids_and_updates_dense_variables(name):
     np.testing.assert_array_equal(table.numpy()[[2, 3]], table0[[2, 3]])
 
 
-@pytest.mark.parametrize("name", OPTIMIZER_NAMES)
+@pytest.mark.parametrize("name", OPTIMIZERS)
 def test_embedding_bags_gradients_and_two_steps_match_numpy(name):
     """Multi-hot bags with repeated ids, a squared loss, a schedule; 2 steps, in tf.function."""
     rng = np.random.default_rng(2)
@@ -279,6 +278,17 @@ def test_embedding_bags_gradients_and_two_steps_match_numpy(name):
                 value = slot_value(optimizer, variable, slot)
                 np.testing.assert_allclose(value, oracles[t].slots[slot], atol=TOL, rtol=TOL)
                 np.testing.assert_array_equal(value[~touched], 0.0)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_memory_checks_slot_count_is_what_the_optimizer_allocates(name):
+    """``config.OPTIMIZER_SLOTS`` (the memory arithmetic) against the optimizer's own
+    variables: their values per table entry, scalars such as the step count aside."""
+    table = keras.Variable(np.zeros((50, 4), np.float32))
+    optimizer = make_optimizer(name, 0.1)
+    optimizer.build([table])
+    values = sum(int(np.prod(v.shape)) for v in optimizer.variables if len(v.shape))
+    assert values == OPTIMIZER_SLOTS[name] * 50 * 4
 
 
 # ----------------------------------------------------------------------------
@@ -340,7 +350,7 @@ def optimized_resource_consumers(run, rows, width, log_dir) -> list[set[str]]:
     return found
 
 
-@pytest.mark.parametrize("name", OPTIMIZER_NAMES)
+@pytest.mark.parametrize("name", OPTIMIZERS)
 def test_fit_step_after_grappler_touches_table_rows_only(name, tmp_path):
     """In model.fit's optimized step, the table and its slots are only gathered and scattered."""
     config = dataclasses.replace(FIT_CONFIG, table_sizes=(1009, 30))
@@ -361,7 +371,7 @@ def test_fit_step_after_grappler_touches_table_rows_only(name, tmp_path):
 # ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", OPTIMIZER_NAMES)
+@pytest.mark.parametrize("name", OPTIMIZERS)
 def test_fit_updates_only_touched_rows(name):
     keras.utils.set_random_seed(0)
     model = build_model(FIT_CONFIG)
@@ -449,7 +459,7 @@ def test_mirrored_lookup_matches_single_device(mirrored_report):
     assert report["gradients_are_indexed_slices"]
 
 
-@pytest.mark.parametrize("name", OPTIMIZER_NAMES)
+@pytest.mark.parametrize("name", OPTIMIZERS)
 def test_mirrored_fit_matches_single_device(mirrored_report, name):
     report = mirrored_report["fit"][name]
     assert report["max_weight_error"] < TOL
@@ -530,7 +540,7 @@ def _mirrored_checks() -> dict:
 
     # model.fit: 2 steps of a global batch of 16 (8 per replica, overlapping ids).
     x, y = fit_data()
-    for name in OPTIMIZER_NAMES:
+    for name in OPTIMIZERS:
         keras.utils.set_random_seed(0)
         reference = build_model(FIT_CONFIG)
         weights = [v.numpy() for v in reference.trainable_variables]

@@ -90,15 +90,6 @@ def test_planted_probability_is_a_function_of_preprocessed_features(sample):
     np.testing.assert_allclose(sample.probabilities, 1 / (1 + np.exp(-z)), rtol=1e-12)
 
 
-def test_auc_matches_pairwise_definition():
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, 300)
-    scores = rng.integers(0, 20, 300).astype(float)  # many ties
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    pairwise = ((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean()
-    assert synthetic.auc(labels, scores) == pytest.approx(pairwise, abs=1e-12)
-
-
 def test_expected_oracle_auc_matches_pairwise_definition():
     p = np.random.default_rng(1).choice([0.1, 0.3, 0.5, 0.9], size=200)
     num = den = 0.0
