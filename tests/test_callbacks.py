@@ -6,7 +6,13 @@ import types
 import numpy as np
 import pytest
 
-from dlrm_tf.callbacks import ReferenceLogger, TrainingDivergedError
+from dlrm_tf.callbacks import (
+    DivergenceGuard,
+    EpochPosition,
+    ProgressPrinter,
+    RunHistory,
+    TrainingDivergedError,
+)
 
 
 class FakeIterations:
@@ -17,14 +23,36 @@ class FakeIterations:
         return self.value
 
 
+class Callbacks:
+    """The guard and the printer, called in the trainer's order."""
+
+    def __init__(self, *callbacks):
+        self.callbacks = callbacks
+        self.position = callbacks[0].position
+
+    def start_epoch(self, epoch, examples):
+        self.position.start(epoch, examples=examples)
+
+    def on_epoch_begin(self, epoch):
+        for c in self.callbacks:
+            c.on_epoch_begin(epoch)
+
+    def on_train_batch_end(self, batch, logs):
+        for c in self.callbacks:
+            c.on_train_batch_end(batch, logs)
+
+
 def make_logger(lines, print_freq):
-    logger = ReferenceLogger(
-        steps_per_epoch=3, global_batch=2, print_freq=print_freq, print_time=False,
-        test_freq=-1, evaluate=None, learning_rate=0.1, tensorboard_dir=None,
-        best_model_path="", save_model=lambda path, metrics: None, log=lines.append,
+    position, history = EpochPosition(steps_per_epoch=3, global_batch=2), RunHistory()
+    printer = ProgressPrinter(
+        position, history, print_freq=print_freq, print_time=False, learning_rate=0.1,
+        log=lines.append,
     )  # fmt: skip
+    logger = Callbacks(DivergenceGuard(position), printer)
     iterations = FakeIterations()
-    logger.set_model(types.SimpleNamespace(optimizer=types.SimpleNamespace(iterations=iterations)))
+    model = types.SimpleNamespace(optimizer=types.SimpleNamespace(iterations=iterations))
+    for c in logger.callbacks:
+        c.set_model(model)
     return logger, iterations
 
 
