@@ -1,9 +1,13 @@
 """Training with ``model.fit`` under a ``tf.distribute`` strategy.
 
-One ``fit`` call per epoch (so a resumed run can start mid-epoch), with the
-callbacks of ``dlrm_tf.callbacks``: the reference's printed lines, evaluation
-every ``test_freq`` steps, TensorBoard, the best model by test AUC and
-crash-safe backups.
+``run`` is a sequence of steps, each callable on its own: ``prepare_run``
+(seed, precision, memory and batch checks), ``build_state`` (the model,
+compiled, with ``--load_model`` restored), ``restore_backup``,
+``announce_nothing_to_train``, ``make_callbacks`` (composes the callbacks of
+``dlrm_tf.callbacks``: the reference's printed lines, evaluation every
+``test_freq`` steps, TensorBoard, the best model by test AUC and crash-safe
+backups), ``fit_epochs`` (one ``fit`` call per epoch, so a resumed run can
+start mid-epoch), ``final_test`` and ``write_artifacts``.
 """
 
 from __future__ import annotations
@@ -394,11 +398,11 @@ def run(
     state = build_state(model_config, cfg, source, strategy, log)
     if cfg.inference_only:
         return evaluate_only(state, log)
-    if cfg.debug_mode:
-        with np.printoptions(precision=cfg.print_precision):
-            print_debug(state.model, model_config, state.source, cfg.mini_batch_size, log)
     restore_backup(state, cfg, log)
     announce_nothing_to_train(state, cfg, log)
+    if cfg.debug_mode:  # the parameters the run starts from (loaded or resumed ones too)
+        with np.printoptions(precision=cfg.print_precision):
+            print_debug(state.model, model_config, state.source, cfg.mini_batch_size, log)
     cbs = make_callbacks(state, model_config, cfg, log)
     start_step = state.step
     started = time.time()
