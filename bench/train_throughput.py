@@ -141,8 +141,9 @@ def main(argv) -> int:
     with strategy.scope():
         model = build_model(model_config, jit_compile=train_config.jit_compile)
         compile_model(model, train_config)
-    steps = min(total, source.steps_per_epoch(batch))
-    data = source.train_dataset(strategy, batch, steps)
+    source = source.with_batches(batch)
+    steps = min(total, source.steps_per_epoch())
+    data = source.train_dataset(strategy)
     cache = FLAGS.bench_cache_batches
     generated = run.data.generation != "dataset"
     if cache > FLAGS.bench_warmup_steps:

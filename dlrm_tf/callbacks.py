@@ -1,5 +1,12 @@
-"""Keras callbacks of a training run: the reference's progress lines, evaluation,
-TensorBoard scalars, the best model, backups and profiling."""
+"""Keras callbacks of a training run, one job each, composed by ``dlrm_tf.train``.
+
+``ProgressPrinter`` prints the reference's training lines, ``DivergenceGuard``
+stops at a non-finite loss, ``PeriodicEvaluator`` evaluates every
+``test_freq`` steps and at epoch ends, ``BestModelSaver`` keeps the best model
+by test AUC, ``TensorBoardWriter`` writes the scalars and hyperparameters,
+``BackupCallback`` and ``ProfileCallback`` write backups and a profiler trace.
+The printer and the evaluator add their records to one ``RunHistory``.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +21,6 @@ import numpy as np
 import tensorflow as tf
 
 from dlrm_tf.metrics import NonFiniteScoresError
-from dlrm_tf.reference_init import reference_parameters
 
 
 class TrainingDivergedError(ValueError):
@@ -84,9 +90,72 @@ def write_hparams(log_dir: str, hparams: dict) -> None:
     writer.close()
 
 
-class ReferenceLogger(keras.callbacks.Callback):
-    """Prints progress like the reference, evaluates every ``test_freq`` steps and at
-    epoch ends, writes TensorBoard scalars and keeps the best model by test AUC.
+class EpochPosition:
+    """Where the current ``fit`` call is in its epoch; shared by the callbacks that
+    number iterations (a resumed epoch starts at ``first_step``)."""
+
+    def __init__(self, steps_per_epoch: int, global_batch: int) -> None:
+        self.steps_per_epoch = steps_per_epoch
+        self.global_batch = global_batch
+        self.epoch = 0
+        self.first_step = 0
+        self._fit_examples: int | None = None
+
+    def start(self, epoch: int, first_step: int = 0, examples: int | None = None) -> None:
+        """Called before each ``fit``: the epoch, the step it starts at (resume) and the
+        examples the epoch holds (its last batch may be partial), if known."""
+        self.epoch = epoch
+        self.first_step = first_step
+        self._fit_examples = None if examples is None else examples - first_step * self.global_batch
+
+    def iteration(self, batch: int) -> int:
+        """The 1-based iteration within the epoch of ``fit``'s batch ``batch``."""
+        return self.first_step + batch + 1
+
+    def seen(self, batch: int) -> int:
+        """Examples trained since this ``fit`` call began, through batch ``batch``."""
+        seen = (batch + 1) * self.global_batch
+        return seen if self._fit_examples is None else min(seen, self._fit_examples)
+
+
+def _global_step(model) -> int:
+    return int(model.optimizer.iterations.numpy())
+
+
+class RunHistory:
+    """The run's printed records, in order (``history.json``), passed on to each
+    subscriber (e.g. the TensorBoard writer) as they are added."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+        self.subscribers: list[Callable[[dict], None]] = []
+
+    def add(self, record: dict) -> None:
+        self.records.append(record)
+        for subscriber in self.subscribers:
+            subscriber(record)
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training at the step whose training loss is NaN or infinite."""
+
+    def __init__(self, position: EpochPosition) -> None:
+        super().__init__()
+        self.position = position
+
+    def on_train_batch_end(self, batch, logs=None):
+        running_loss = float((logs or {}).get("loss", np.nan))
+        if not np.isfinite(running_loss):
+            raise TrainingDivergedError(
+                f"the training loss became {running_loss} at iteration "
+                f"{self.position.iteration(batch)} of epoch {self.position.epoch} "
+                f"(step {_global_step(self.model)}): training diverged; lower "
+                "`learning_rate` (or add warm-up steps)"
+            )
+
+
+class ProgressPrinter(keras.callbacks.Callback):
+    """Prints the reference's training lines and adds their records to the history.
 
     Keras reports running means since the start of the epoch; the loss and
     accuracy printed are those of the last ``print_freq`` iterations, as in the
@@ -97,59 +166,27 @@ class ReferenceLogger(keras.callbacks.Callback):
 
     def __init__(
         self,
+        position: EpochPosition,
+        history: RunHistory,
         *,
-        steps_per_epoch: int,
-        global_batch: int,
         print_freq: int,
         print_time: bool,
-        test_freq: int,
-        evaluate: Callable[[], dict] | None,
         learning_rate,
-        tensorboard_dir: str | None,
-        best_model_path: str,
-        save_model: Callable[[str, dict], object],
         log: Callable[[str], None] = print,
         progress_bar: bool = False,
-        hparams: dict | None = None,
     ) -> None:
         super().__init__()
-        self.steps_per_epoch = steps_per_epoch
-        self.global_batch = global_batch
+        self.position = position
+        self.history = history
         self.print_freq = max(1, print_freq)
         self.print_time = print_time
-        self.test_freq = test_freq
-        self._evaluate = evaluate
         self._learning_rate = learning_rate
-        self._save_model = save_model
-        self.best_model_path = best_model_path
         self.log = log
         self.progress_bar = progress_bar
         self._bar: keras.utils.Progbar | None = None
         self._bar_open = False  # the bar has drawn on a line not yet ended
         self.examples_seen = 0  # training examples of this process's fit calls
-        self.test_seconds = 0.0  # time spent evaluating
-        self.history: list[dict] = []
-        self.best: dict | None = None
-        self.saved_best = False
-        self.last_test_step = -1
-        self._writers = None
-        if tensorboard_dir:
-            self._writers = {
-                "train": tf.summary.create_file_writer(os.path.join(tensorboard_dir, "train")),
-                "test": tf.summary.create_file_writer(os.path.join(tensorboard_dir, "test")),
-            }
-            if hparams:
-                write_hparams(tensorboard_dir, hparams)
-        self.epoch = 0
-        self._first_step = 0
-        self._fit_examples: int | None = None
-
-    def start_epoch(self, epoch: int, first_step: int = 0, examples: int | None = None) -> None:
-        """Called before each ``fit``: the epoch, the step it starts at (resume) and the
-        examples the epoch holds (its last batch may be partial), if known."""
-        self.epoch = epoch
-        self._first_step = first_step
-        self._fit_examples = None if examples is None else examples - first_step * self.global_batch
+        self._window_start: float | None = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._window_sum_loss = 0.0
@@ -160,72 +197,54 @@ class ReferenceLogger(keras.callbacks.Callback):
         self._window_iters = 0
         if self.progress_bar:
             self._bar = keras.utils.Progbar(
-                self.steps_per_epoch, stateful_metrics=["loss", "accuracy %"]
+                self.position.steps_per_epoch, stateful_metrics=["loss", "accuracy %"]
             )
-
-    def _global_step(self) -> int:
-        return int(self.model.optimizer.iterations.numpy())
 
     def on_train_batch_end(self, batch, logs=None):
         logs = logs or {}
-        it = self._first_step + batch + 1  # 1-based iteration within the epoch
-        seen = (batch + 1) * self.global_batch  # examples since this fit call began
-        if self._fit_examples is not None:
-            seen = min(seen, self._fit_examples)
-        running_loss = float(logs.get("loss", np.nan))
-        if not np.isfinite(running_loss):  # checked every step: stop where it happens
-            raise TrainingDivergedError(
-                f"the training loss became {running_loss} at iteration {it} of epoch "
-                f"{self.epoch} (step {self._global_step()}): training diverged; lower "
-                "`learning_rate` (or add warm-up steps)"
-            )
-        total_loss = running_loss * seen
+        it, seen = self.position.iteration(batch), self.position.seen(batch)
+        total_loss = float(logs.get("loss", np.nan)) * seen
         total_acc = float(logs.get("accuracy", np.nan)) * seen
         self._window_iters += 1
         self.examples_seen += seen - self._last_seen
         self._last_seen = seen
-        last = it == self.steps_per_epoch
-        printing = it % self.print_freq == 0 or last
+        printing = it % self.print_freq == 0 or it == self.position.steps_per_epoch
         if self._bar is not None:
             self._update_bar(it, total_loss, total_acc, seen, finalize=printing)
         if printing:
-            examples = seen - self._window_examples
-            loss = (total_loss - self._window_sum_loss) / examples
-            if not np.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"the training loss became {loss} by iteration {it} of epoch {self.epoch}: "
-                    "training diverged; lower `learning_rate` (or add warm-up steps)"
-                )
-            acc = (total_acc - self._window_sum_acc) / examples
-            elapsed = time.perf_counter() - self._window_start
-            ms = 1000.0 * elapsed / self._window_iters if self.print_time else -1.0
-            self.emit(format_train_line(it, self.steps_per_epoch, self.epoch, ms, loss, acc))
-            step = self._global_step()
-            lr = float(self._current_lr(step))
-            record = {
-                "step": step,
-                "epoch": self.epoch,
-                "it": it,
-                "train_loss": loss,
-                "train_accuracy": acc,
-                "learning_rate": lr,
-                "samples_per_s": examples / max(elapsed, 1e-9),
-                "iterations": self._window_iters,  # fewer than print_freq: a partial window
-                "examples": examples,
-            }
-            self.history.append(record)
-            if self._writers:
-                with self._writers["train"].as_default(step=step):
-                    _scalar("window_loss", loss, "train")
-                    _scalar("window_accuracy", 100.0 * acc, "train")
-                    _scalar("learning_rate", lr, "train")
-                    _scalar("samples_per_s", record["samples_per_s"], "train")
-            self._window_sum_loss, self._window_sum_acc = total_loss, total_acc
-            self._window_examples = seen
-            self._window_start = time.perf_counter()
-            self._window_iters = 0
-        if self.test_freq > 0 and it % self.test_freq == 0 and not last:
-            self.run_test(self._global_step(), it=it)
+            self._print_window(it, total_loss, total_acc, seen)
+
+    def _print_window(self, it: int, total_loss: float, total_acc: float, seen: int) -> None:
+        """Prints and records the window ending at iteration ``it``, then starts the next."""
+        examples = seen - self._window_examples
+        loss = (total_loss - self._window_sum_loss) / examples
+        if not np.isfinite(loss):
+            raise TrainingDivergedError(
+                f"the training loss became {loss} by iteration {it} of epoch "
+                f"{self.position.epoch}: training diverged; lower `learning_rate` "
+                "(or add warm-up steps)"
+            )
+        acc = (total_acc - self._window_sum_acc) / examples
+        elapsed = time.perf_counter() - self._window_start
+        ms = 1000.0 * elapsed / self._window_iters if self.print_time else -1.0
+        steps, epoch = self.position.steps_per_epoch, self.position.epoch
+        self.emit(format_train_line(it, steps, epoch, ms, loss, acc))
+        step = _global_step(self.model)
+        self.history.add({
+            "step": step,
+            "epoch": epoch,
+            "it": it,
+            "train_loss": loss,
+            "train_accuracy": acc,
+            "learning_rate": float(self._current_lr(step)),
+            "samples_per_s": examples / max(elapsed, 1e-9),
+            "iterations": self._window_iters,  # fewer than print_freq: a partial window
+            "examples": examples,
+        })  # fmt: skip
+        self._window_sum_loss, self._window_sum_acc = total_loss, total_acc
+        self._window_examples = seen
+        self._window_start = time.perf_counter()
+        self._window_iters = 0
 
     def _update_bar(self, it: int, total_loss, total_acc, seen: int, finalize: bool) -> None:
         """Shows the window in progress; at a printed line the bar ends its line first."""
@@ -244,19 +263,17 @@ class ReferenceLogger(keras.callbacks.Callback):
             self._bar_open = False
         self.log(line)
 
-    def on_epoch_end(self, epoch, logs=None):
-        if self._writers and self._window_examples:
-            # After the epoch's last printed line the window sums are the epoch's sums.
-            with self._writers["train"].as_default(step=self._global_step()):
-                _scalar("epoch_loss", self._window_sum_loss / self._window_examples, "train")
-                _scalar(
-                    "epoch_accuracy",
-                    100.0 * self._window_sum_acc / self._window_examples,
-                    "train",
-                )
-            self._writers["train"].flush()
-        if self._evaluate is not None:
-            self.run_test(self._global_step(), it=self.steps_per_epoch)
+    def exclude_time(self, seconds: float) -> None:
+        """Leaves ``seconds`` (an evaluation) out of the window's ms/it and samples/s."""
+        if self._window_start is not None:
+            self._window_start += seconds
+
+    def epoch_means(self) -> tuple[float, float] | None:
+        """(loss, accuracy) over this ``fit`` call's examples, once its last line printed."""
+        if not getattr(self, "_window_examples", 0):
+            return None
+        n = self._window_examples
+        return self._window_sum_loss / n, self._window_sum_acc / n
 
     def _current_lr(self, step: int):
         lr = self._learning_rate
@@ -264,10 +281,70 @@ class ReferenceLogger(keras.callbacks.Callback):
             return lr(max(step - 1, 0))
         return lr.numpy() if hasattr(lr, "numpy") else lr
 
-    def run_test(self, step: int, it: int | None = None, final: bool = False) -> dict | None:
-        """Evaluates on the test data, prints, logs and keeps the best model."""
-        if self._evaluate is None:
-            return None
+
+class BestMetrics:
+    """The best test metrics so far (AUC; accuracy kept apart), carried across resumes."""
+
+    def __init__(self, best: dict | None = None) -> None:
+        self.value = best
+
+    def update(self, metrics: dict) -> bool:
+        """Takes one evaluation's metrics; True when its model is the new best."""
+        best = self.value
+        # Predictions are finite here (else NonFiniteScoresError); AUC is NaN only when
+        # the test labels hold one class, and then the latest model stands in.
+        improved = (
+            best is None or metrics["auc"] > best["auc"] or np.isnan(best["auc"])
+        ) and np.isfinite(metrics["loss"])
+        if best is None:
+            self.value = dict(metrics)
+        else:
+            self.value = {
+                "auc": np.nanmax([best["auc"], metrics["auc"]]),
+                "accuracy": max(best["accuracy"], metrics["accuracy"]),
+            }
+        return improved
+
+
+class PeriodicEvaluator(keras.callbacks.Callback):
+    """Evaluates every ``test_freq`` iterations and at each epoch's end: prints the
+    reference's test line, adds the record to the history and tells each
+    ``on_test`` listener ``(metrics, improved)``."""
+
+    def __init__(
+        self,
+        position: EpochPosition,
+        history: RunHistory,
+        *,
+        test_freq: int,
+        evaluate: Callable[[], dict],
+        best: BestMetrics,
+        log: Callable[[str], None] = print,
+        exclude_time: Callable[[float], None] = lambda seconds: None,
+    ) -> None:
+        super().__init__()
+        self.position = position
+        self.history = history
+        self.test_freq = test_freq
+        self._evaluate = evaluate
+        self.best = best
+        self.log = log
+        self._exclude_time = exclude_time
+        self.on_test: list[Callable[[dict, bool], None]] = []
+        self.test_seconds = 0.0  # time spent evaluating
+        self.last_test_step = -1
+
+    def on_train_batch_end(self, batch, logs=None):
+        it = self.position.iteration(batch)
+        if self.test_freq > 0 and it % self.test_freq == 0 and it != self.position.steps_per_epoch:
+            self.run_test(_global_step(self.model), it=it)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.run_test(_global_step(self.model))
+
+    def run_test(self, step: int, it: int | None = None) -> dict:
+        """Evaluates on the test data at global ``step`` (iteration ``it`` of the epoch,
+        default its last), prints, records and tells the listeners."""
         started = time.perf_counter()
         try:
             metrics = self._evaluate()
@@ -275,36 +352,83 @@ class ReferenceLogger(keras.callbacks.Callback):
             raise TrainingDivergedError(f"at step {step}: {error}") from error
         metrics["seconds"] = time.perf_counter() - started
         self.test_seconds += metrics["seconds"]
-        if hasattr(self, "_window_start"):
-            self._window_start += metrics["seconds"]  # ms/it and samples/s: training only
+        self._exclude_time(metrics["seconds"])  # ms/it and samples/s: training only
         self.last_test_step = step
-        # Predictions are finite here (else NonFiniteScoresError); AUC is NaN only when
-        # the test labels hold one class, and then the latest model stands in.
-        improved = (
-            self.best is None or metrics["auc"] > self.best["auc"] or np.isnan(self.best["auc"])
-        ) and np.isfinite(metrics["loss"])
-        if self.best is None:
-            self.best = dict(metrics)
-        else:
-            self.best = {
-                "auc": np.nanmax([self.best["auc"], metrics["auc"]]),
-                "accuracy": max(self.best["accuracy"], metrics["accuracy"]),
-            }
-        it = self.steps_per_epoch if it is None else it
-        self.emit(format_test_line(it, self.steps_per_epoch, self.epoch, metrics, self.best))
-        entry = {"step": step, "epoch": self.epoch, "it": it, "test": metrics}
-        self.history.append(entry)
-        if self._writers:
+        improved = self.best.update(metrics)
+        steps, epoch = self.position.steps_per_epoch, self.position.epoch
+        it = steps if it is None else it
+        self.log(format_test_line(it, steps, epoch, metrics, self.best.value))
+        self.history.add({"step": step, "epoch": epoch, "it": it, "test": metrics})
+        for listener in self.on_test:
+            listener(metrics, improved)
+        return metrics
+
+
+class BestModelSaver:
+    """An ``on_test`` listener that saves the model whenever its evaluation is the best."""
+
+    def __init__(self, path: str, save_model: Callable[[str, dict], object]) -> None:
+        self.path = path
+        self._save_model = save_model
+        self.saved = False  # whether this run wrote the best model
+
+    def __call__(self, metrics: dict, improved: bool) -> None:
+        if improved:
+            self._save_model(self.path, metrics)
+            self.saved = True
+
+
+class TensorBoardWriter(keras.callbacks.Callback):
+    """Writes the history's records as TensorBoard scalars (``train/``, ``test/``),
+    the epoch means at each epoch's end, and the run's hyperparameters.
+
+    Subscribe ``write`` to the run's ``RunHistory``; the epoch means come from
+    ``epoch_means`` (the printer's).
+    """
+
+    def __init__(
+        self,
+        log_dir: str,
+        epoch_means: Callable[[], tuple[float, float] | None],
+        hparams: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.log_dir = log_dir
+        self._epoch_means = epoch_means
+        self._writers = {
+            run: tf.summary.create_file_writer(os.path.join(log_dir, run))
+            for run in ("train", "test")
+        }
+        if hparams:
+            write_hparams(log_dir, hparams)
+
+    def write(self, record: dict) -> None:
+        """Writes one history record (a printed training window or a test)."""
+        step = record["step"]
+        if "test" in record:
+            metrics = record["test"]
             with self._writers["test"].as_default(step=step):
                 for key in ("loss", "auc", "log_loss"):
                     _scalar(f"test_{key}", metrics[key], "test")
                 _scalar("test_accuracy", 100.0 * metrics["accuracy"], "test")
             for writer in self._writers.values():
                 writer.flush()
-        if self.best_model_path and improved:
-            self._save_model(self.best_model_path, metrics)
-            self.saved_best = True
-        return metrics
+            return
+        with self._writers["train"].as_default(step=step):
+            _scalar("window_loss", record["train_loss"], "train")
+            _scalar("window_accuracy", 100.0 * record["train_accuracy"], "train")
+            _scalar("learning_rate", record["learning_rate"], "train")
+            _scalar("samples_per_s", record["samples_per_s"], "train")
+
+    def on_epoch_end(self, epoch, logs=None):
+        means = self._epoch_means()
+        if means is None:
+            return
+        # After the epoch's last printed line the window sums are the epoch's sums.
+        with self._writers["train"].as_default(step=_global_step(self.model)):
+            _scalar("epoch_loss", means[0], "train")
+            _scalar("epoch_accuracy", 100.0 * means[1], "train")
+        self._writers["train"].flush()
 
 
 class BackupCallback(keras.callbacks.Callback):
@@ -368,49 +492,3 @@ def profile_message(log_dir: str) -> str:
             '(or pip install -e ".[profile]")'
         )
     return f"Profiler trace written to {where} (view it: {view})"
-
-
-def print_debug(model, model_config, source, global_batch: int, log=print) -> None:
-    """The reference's --debug_mode dump: architecture, the first batches, parameters."""
-    cfg = model_config
-    top = [cfg.interaction_width, *cfg.top_mlp]
-    log("model arch:")
-    log(f"mlp top arch {len(cfg.top_mlp)} layers, with input to output dimensions:")
-    log(str(np.array(top)))
-    log("# of interactions")
-    log(str(cfg.interaction_width))
-    log(f"mlp bot arch {len(cfg.bottom_mlp) - 1} layers, with input to output dimensions:")
-    log(str(np.array(cfg.bottom_mlp)))
-    log("# of features (sparse and dense)")
-    log(str(cfg.num_tables + 1))
-    log("dense feature size")
-    log(str(cfg.num_dense))
-    log("sparse feature size")
-    log(str(cfg.embedding_dim))
-    log(
-        f"# of embeddings (= # of sparse features) {cfg.num_tables}, "
-        f"with dimensions {cfg.embedding_dim}x:"
-    )
-    log(str(np.array(cfg.table_sizes)))
-    log("data (inputs and targets):")
-    for j, (features, labels) in enumerate(source.sample_batches(global_batch, 3)):
-        log(f"mini-batch: {j}")
-        log(str(features["dense_features"]))
-        ids = features["sparse_features"]
-        if ids.ndim == 3:
-            bags = [
-                [[int(i) for i in bag if i >= 0] for bag in ids[:, t]] for t in range(ids.shape[1])
-            ]
-        else:
-            bags = [[[int(i)] for i in ids[:, t]] for t in range(ids.shape[1])]
-        log(str(bags))
-        log(str(labels))
-    print_parameters(model, "initial parameters (weights and bias):", log)
-
-
-def print_parameters(model, title: str, log=print) -> None:
-    """Prints ``title``, then the weights as the reference's --debug_mode does: tables,
-    then each bottom- and top-MLP layer's weight ``[out, in]`` and bias."""
-    log(title)
-    for array in reference_parameters(model):
-        log(str(array))

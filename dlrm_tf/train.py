@@ -1,14 +1,19 @@
 """Training with ``model.fit`` under a ``tf.distribute`` strategy.
 
-One ``fit`` call per epoch (so a resumed run can start mid-epoch), with the
-callbacks of ``dlrm_tf.callbacks``: the reference's printed lines, evaluation
-every ``test_freq`` steps, TensorBoard, the best model by test AUC and
-crash-safe backups.
+``run`` is a sequence of steps, each callable on its own: ``prepare_run``
+(seed, precision, memory and batch checks), ``build_state`` (the model,
+compiled, with ``--load_model`` restored), ``restore_backup``,
+``announce_nothing_to_train``, ``make_callbacks`` (composes the callbacks of
+``dlrm_tf.callbacks``: the reference's printed lines, evaluation every
+``test_freq`` steps, TensorBoard, the best model by test AUC and crash-safe
+backups), ``fit_epochs`` (one ``fit`` call per epoch, so a resumed run can
+start mid-epoch), ``final_test`` and ``write_artifacts``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import time
@@ -21,6 +26,7 @@ from dlrm_tf import callbacks as cb
 from dlrm_tf import checkpoints, memory
 from dlrm_tf.config import INITIALIZERS, ConfigError, ModelConfig
 from dlrm_tf.data import DataSource
+from dlrm_tf.debug_dump import print_debug, print_parameters
 from dlrm_tf.evaluation import Evaluator
 from dlrm_tf.losses import DLRMLoss, RoundedAccuracy
 from dlrm_tf.model import DLRM, build_model
@@ -108,7 +114,7 @@ def _check_epoch_ran(model: DLRM, before: int, planned: int, epoch: int, source)
     if ran < planned:
         raise OutOfDataError(
             f"epoch {epoch}: the input ended after {ran} of {planned} steps "
-            f"({source.config.processed_data_dir or source.config.generation} data); "
+            f"({source.describe()}{' data' if source.from_files else ''}); "
             "check that the data was not changed since its metadata.json was written"
         )
 
@@ -135,11 +141,10 @@ def compile_model(model: DLRM, config: TrainConfig) -> None:
     )
 
 
-def describe_data(source: DataSource, examples: int) -> str:
+def describe_data(source: DataSource) -> str:
     """The data in a few words: where it came from and its rows per epoch."""
-    if source.from_files:
-        return f"{source.config.processed_data_dir} ({examples:,} train rows)"
-    return f"{source.config.generation} data ({examples:,} rows/epoch)"
+    rows = "train rows" if source.from_files else "rows/epoch"
+    return f"{source.describe()} ({source.examples_per_epoch():,} {rows})"
 
 
 def placement(strategy: tf.distribute.Strategy) -> str:
@@ -196,16 +201,55 @@ def set_precision(policy: str) -> None:
     keras.mixed_precision.set_global_policy(names[policy])
 
 
-def run(
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    source: DataSource,
-    strategy: tf.distribute.Strategy,
-    log=print,
-) -> RunResult:
-    """Trains (or, with ``inference_only``, only evaluates) and returns the result."""
-    cfg = train_config
-    chief = is_chief(strategy)
+@dataclasses.dataclass
+class RunState:
+    """The built (and restored) model of a run, its data and where its training starts."""
+
+    model: DLRM
+    strategy: tf.distribute.Strategy
+    source: DataSource  # in the run's batch sizes
+    evaluator: Evaluator
+    has_test: bool
+    chief: bool
+    backup: checkpoints.Backup | None = None
+    best: dict | None = None  # the best test metrics carried from a backup or --load_model
+
+    @property
+    def step(self) -> int:
+        """The optimizer's global step."""
+        return int(self.model.optimizer.iterations.numpy())
+
+    @property
+    def steps(self) -> int:
+        """Training steps per epoch."""
+        return self.source.steps_per_epoch()
+
+    def test_data(self):
+        return self.source.test_dataset(self.strategy)
+
+    def position_of(self, step: int) -> tuple[int, int]:
+        """(epoch, 1-based iteration) of global ``step``, e.g. a loaded model's."""
+        epoch = max(step - 1, 0) // self.steps
+        return epoch, step - epoch * self.steps
+
+
+@dataclasses.dataclass
+class RunCallbacks:
+    """The callbacks of a run's ``fit`` calls and the parts the trainer reads after."""
+
+    position: cb.EpochPosition
+    history: cb.RunHistory
+    printer: cb.ProgressPrinter
+    best: cb.BestMetrics
+    evaluator: cb.PeriodicEvaluator | None
+    saver: cb.BestModelSaver | None
+    tensorboard_dir: str
+    hparams: dict
+    callbacks: list[keras.callbacks.Callback]
+
+
+def prepare_run(model_config: ModelConfig, cfg: TrainConfig, strategy) -> None:
+    """Seeds, sets the precision and checks memory and batch before any model exists."""
     keras.utils.set_random_seed(cfg.seed)
     set_precision(cfg.mixed_precision)
     replicas = strategy.num_replicas_in_sync
@@ -218,146 +262,118 @@ def run(
             f"the {replicas} replicas"
         )
 
+
+def build_state(
+    model_config: ModelConfig, cfg: TrainConfig, source: DataSource, strategy, log=print
+) -> RunState:
+    """Builds and compiles the model under ``strategy`` and restores ``--load_model``."""
     with strategy.scope():
         model = build_model(model_config, jit_compile=cfg.jit_compile)
         if cfg.init == "reference":
             initialize_as_reference(model, model_config, _reference_stream(cfg, source))
         compile_model(model, cfg)
         model.optimizer.build(model.trainable_variables)
+    best = None
     if cfg.load_model:
         checkpoints.restore_model_state(
             model, cfg.load_model, with_optimizer=not cfg.inference_only
         )
         step = int(model.optimizer.iterations.numpy())
         log(f"Loaded model state from {cfg.load_model} at step {step}")
-
-    steps = source.steps_per_epoch(cfg.mini_batch_size)
-    test_steps = source.test_steps(cfg.test_batch_size, steps)
-    # Like the reference, generated data is tested only when --test_freq asks for it.
-    has_test = source.has_split("test") and (source.from_files or cfg.test_freq > 0)
+        # The best test metrics travel with the model: a resumed run must beat them.
+        best = checkpoints.saved_best_metrics(cfg.load_model)
+    source = source.with_batches(cfg.mini_batch_size, cfg.test_batch_size)
     evaluator = Evaluator(model, strategy, make_loss(cfg))
+    has_test = source.has_test(cfg.test_freq)
+    return RunState(model, strategy, source, evaluator, has_test, is_chief(strategy), best=best)
 
-    def test_data():
-        return source.test_dataset(strategy, cfg.test_batch_size, test_steps)
 
-    artifacts: dict[str, str] = {}
-    if cfg.inference_only:
-        if not has_test:
-            raise ValueError("`inference_only`: the data has no test split to evaluate")
-        metrics = evaluator.evaluate(test_data())
-        step = int(model.optimizer.iterations.numpy())
-        epoch = max(step - 1, 0) // steps
-        log(cb.format_test_line(step - epoch * steps, steps, epoch, metrics, metrics))
-        return RunResult(
-            model, [], metrics, int(model.optimizer.iterations.numpy()), artifacts, chief
-        )
+def evaluate_only(state: RunState, log=print) -> RunResult:
+    """``--inference_only``: evaluates the loaded model and prints the test line."""
+    if not state.has_test:
+        raise ValueError("`inference_only`: the data has no test split to evaluate")
+    metrics = state.evaluator.evaluate(state.test_data())
+    epoch, it = state.position_of(state.step)
+    log(cb.format_test_line(it, state.steps, epoch, metrics, metrics))
+    return RunResult(state.model, [], metrics, state.step, {}, state.chief)
 
-    if cfg.debug_mode:
-        with np.printoptions(precision=cfg.print_precision):
-            cb.print_debug(model, model_config, source, cfg.mini_batch_size, log)
 
-    backup = (
-        checkpoints.Backup(cfg.backup_dir, model, task=task_name(strategy))
-        if cfg.backup_dir
-        else None
+def restore_backup(state: RunState, cfg: TrainConfig, log=print) -> None:
+    """With ``--backup_dir``: resumes from its latest backup, and its best metrics."""
+    if not cfg.backup_dir:
+        return
+    state.backup = checkpoints.Backup(cfg.backup_dir, state.model, task=task_name(state.strategy))
+    if state.backup.restore():
+        log(f"Resumed from backup {state.backup.latest} at step {state.step}")
+    if state.backup.best_metrics is not None:
+        state.best = state.backup.best_metrics
+
+
+def announce_nothing_to_train(state: RunState, cfg: TrainConfig, log=print) -> bool:
+    """True, after saying so in one line, when the model already holds the run's steps.
+
+    As with the reference's resume and Keras's ``initial_epoch``, the run's length
+    is its total ``nepochs x steps``: a model at or past it trains no step.
+    """
+    total = cfg.nepochs * state.steps
+    if state.step < total:
+        return False
+    source = cfg.load_model or (state.backup.latest if state.backup else "") or "the model"
+    then = "it is only evaluated" if state.has_test else "there is no test data to evaluate it on"
+    log(
+        f"Nothing to train: the model from {source} is at step {state.step}, at or past this "
+        f"run's {total} steps ({cfg.nepochs} epoch(s) of {state.steps}); {then}, and "
+        "exported only if an export directory is given"
     )
-    if backup is not None and backup.restore():
-        log(
-            f"Resumed from backup {backup.latest} at step {int(model.optimizer.iterations.numpy())}"
-        )
+    return True
 
-    tb_dir = cfg.tensorboard_dir or os.path.join(cfg.run_dir, "tensorboard")
-    epoch_examples = source.examples_per_epoch(cfg.mini_batch_size, steps)
-    hparams = run_hparams(model_config, cfg, strategy, describe_data(source, epoch_examples))
-    logger = cb.ReferenceLogger(
-        steps_per_epoch=steps,
-        global_batch=cfg.mini_batch_size,
-        print_freq=cfg.print_freq,
-        print_time=cfg.print_time,
-        test_freq=cfg.test_freq,
-        evaluate=(lambda: evaluator.evaluate(test_data())) if has_test else None,
-        learning_rate=model.optimizer.learning_rate,
-        tensorboard_dir=tb_dir if chief else None,
-        best_model_path=cfg.save_model if chief else "",
-        save_model=lambda path, metrics: checkpoints.save_model(model, path, metrics),
-        log=log,
+
+def make_callbacks(
+    state: RunState, model_config: ModelConfig, cfg: TrainConfig, log=print
+) -> RunCallbacks:
+    """The printer, the divergence guard, the evaluator, the best-model saver, the
+    TensorBoard writer (chief only), the backups and the profiler of one run."""
+    steps, chief = state.steps, state.chief
+    position = cb.EpochPosition(steps, cfg.mini_batch_size)
+    history = cb.RunHistory()
+    printer = cb.ProgressPrinter(
+        position, history, print_freq=cfg.print_freq, print_time=cfg.print_time,
+        learning_rate=state.model.optimizer.learning_rate, log=log,
         progress_bar=cfg.progress_bar,
-        hparams=hparams,
-    )
-    # The best test metrics travel with the model: a resumed run must beat them.
-    if backup is not None and backup.best_metrics is not None:
-        logger.best = backup.best_metrics
-    elif cfg.load_model:
-        logger.best = checkpoints.saved_best_metrics(cfg.load_model)
-    # The logger writes every TensorBoard scalar; Keras's TensorBoard callback would add
-    # curves of other meanings (running means since the epoch's start) and suppress
-    # summaries at steps that are not multiples of its update_freq.
-    callbacks: list[keras.callbacks.Callback] = [logger]
-    if backup is not None:
-        callbacks.append(cb.BackupCallback(backup, cfg.backup_every, lambda: logger.best))
-    profile = (
-        cb.ProfileCallback(tb_dir, start=min(5, steps), num_steps=3, log=logger.emit)
-        if (cfg.enable_profiling and chief)
-        else None
-    )
-    if profile is not None:
-        callbacks.append(profile)
-
-    start_step = int(model.optimizer.iterations.numpy())
-    started = time.time()
-    history_extra = {"start_step": start_step, "steps_per_epoch": steps,
-                     "run": run_title(hparams)}
-    try:
-        _train_epochs(model, source, strategy, cfg, steps, start_step, logger, callbacks)
-    except cb.TrainingDivergedError:
-        if chief:  # what was learnt up to the divergence stays readable
-            _write_history(cfg.run_dir, logger, None, model, time.time() - started,
-                           history_extra)
-        raise
-    total_steps = int(model.optimizer.iterations.numpy())
-    elapsed = time.time() - started
-    loop_test_seconds = logger.test_seconds
-
-    test_metrics = None
-    if has_test and (logger.last_test_step != total_steps):
-        test_metrics = logger.run_test(total_steps, final=True)
-    elif has_test:
-        test_metrics = logger.history[-1].get("test")
-    if cfg.debug_mode:
-        with np.printoptions(precision=cfg.print_precision):
-            cb.print_parameters(model, "updated parameters (weights and bias):", log)
-    if backup is not None:
-        backup.save(force=True, best=logger.best)
-
-    if chief:
-        history_path = _write_history(
-            cfg.run_dir, logger, test_metrics, model, elapsed,
-            dict(history_extra, test_seconds=loop_test_seconds),
-        )
-        artifacts["history"] = history_path
-        artifacts["tensorboard"] = tb_dir
-        if cfg.save_model:
-            if not has_test:  # nothing to rank models by: the trained model is the result
-                checkpoints.save_model(model, cfg.save_model, metrics=test_metrics)
-            elif not logger.saved_best:
-                log(
-                    f"{cfg.save_model} not replaced: no evaluation beat the best test AUC "
-                    f"{logger.best['auc']:.4f} carried from {cfg.load_model or 'earlier'}"
-                )
-            artifacts["model"] = cfg.save_model
-        if cfg.plot and logger.history:
-            from dlrm_tf.plot import plot_history
-
-            png = plot_history(
-                logger.history,
-                os.path.join(cfg.run_dir, "training.png"),
-                title=run_title(hparams),
-                loss_name=cfg.loss_function,
-                print_freq=cfg.print_freq,
+    )  # fmt: skip
+    # The guard comes first: a non-finite loss stops the step before anything uses it.
+    callbacks: list[keras.callbacks.Callback] = [cb.DivergenceGuard(position), printer]
+    best = cb.BestMetrics(state.best)
+    evaluator = saver = None
+    if state.has_test:
+        evaluator = cb.PeriodicEvaluator(
+            position, history, test_freq=cfg.test_freq,
+            evaluate=lambda: state.evaluator.evaluate(state.test_data()), best=best,
+            log=printer.emit, exclude_time=printer.exclude_time,
+        )  # fmt: skip
+        callbacks.append(evaluator)
+        if cfg.save_model and chief:
+            saver = cb.BestModelSaver(
+                cfg.save_model, lambda path, m: checkpoints.save_model(state.model, path, m)
             )
-            if png:
-                artifacts["plot"] = png
-    return RunResult(model, logger.history, test_metrics, total_steps, artifacts, chief)
+            evaluator.on_test.append(saver)
+    hparams = run_hparams(model_config, cfg, state.strategy, describe_data(state.source))
+    tb_dir = cfg.tensorboard_dir or os.path.join(cfg.run_dir, "tensorboard")
+    run_tb_dir = tb_dir
+    if chief:
+        # This writer makes every TensorBoard scalar; Keras's TensorBoard callback would
+        # add curves of other meanings (running means since the epoch's start).
+        run_tb_dir = fresh_run_dir(tb_dir)
+        writer = cb.TensorBoardWriter(run_tb_dir, printer.epoch_means, hparams)
+        history.subscribers.append(writer.write)
+        callbacks.append(writer)
+    if state.backup is not None:
+        callbacks.append(cb.BackupCallback(state.backup, cfg.backup_every, lambda: best.value))
+    if cfg.enable_profiling and chief:
+        callbacks.append(cb.ProfileCallback(tb_dir, min(5, steps), 3, log=printer.emit))
+    return RunCallbacks(
+        position, history, printer, best, evaluator, saver, run_tb_dir, hparams, callbacks
+    )
 
 
 def _reference_stream(cfg: TrainConfig, source: DataSource) -> np.random.RandomState:
@@ -367,7 +383,7 @@ def _reference_stream(cfg: TrainConfig, source: DataSource) -> np.random.RandomS
     epoch's batches before it builds the model, so those draws come first.
     """
     if cfg.init not in INITIALIZERS:
-        raise ConfigError(f"--init={cfg.init!r}: must be one of {INITIALIZERS}")
+        raise ConfigError(f"`init`={cfg.init!r}: must be one of {INITIALIZERS}")
     data = source.config
     if not (cfg.debug_mode and data.generation == "random"):
         return initial_stream(cfg.seed)
@@ -381,39 +397,144 @@ def _reference_stream(cfg: TrainConfig, source: DataSource) -> np.random.RandomS
     )
 
 
-def _train_epochs(model, source, strategy, cfg, steps, start_step, logger, callbacks) -> None:
-    """One ``fit`` per epoch from ``start_step`` on (a resumed epoch skips its trained steps)."""
+def fresh_run_dir(base: str) -> str:
+    """A new directory ``base/<YYYYmmdd-HHMMSS>[-N]`` for one run's TensorBoard events,
+    so that runs sharing ``base`` never write into each other's curves."""
+    name = time.strftime("%Y%m%d-%H%M%S")
+    for n in itertools.count(1):
+        path = os.path.join(base, name if n == 1 else f"{name}-{n}")
+        try:
+            os.makedirs(path)
+            return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def run(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    source: DataSource,
+    strategy: tf.distribute.Strategy,
+    log=print,
+) -> RunResult:
+    """Trains (or, with ``inference_only``, only evaluates) and returns the result."""
+    cfg = train_config
+    prepare_run(model_config, cfg, strategy)
+    state = build_state(model_config, cfg, source, strategy, log)
+    if cfg.inference_only:
+        return evaluate_only(state, log)
+    restore_backup(state, cfg, log)
+    announce_nothing_to_train(state, cfg, log)
+    if cfg.debug_mode:  # the parameters the run starts from (loaded or resumed ones too)
+        with np.printoptions(precision=cfg.print_precision):
+            print_debug(state.model, model_config, state.source, cfg.mini_batch_size, log)
+    cbs = make_callbacks(state, model_config, cfg, log)
+    start_step = state.step
+    started = time.time()
+    extra = {"start_step": start_step, "steps_per_epoch": state.steps,
+             "run": run_title(cbs.hparams)}  # fmt: skip
+    try:
+        fit_epochs(state, cfg, cbs)
+    except cb.TrainingDivergedError:
+        if state.chief:  # what was learnt up to the divergence stays readable
+            write_history(cfg.run_dir, cbs, None, state.step, time.time() - started, extra)
+        raise
+    elapsed = time.time() - started
+    extra["test_seconds"] = cbs.evaluator.test_seconds if cbs.evaluator else 0.0
+    test_metrics = final_test(state, cbs)
+    if cfg.debug_mode:
+        with np.printoptions(precision=cfg.print_precision):
+            print_parameters(state.model, "updated parameters (weights and bias):", log)
+    if state.backup is not None:
+        state.backup.save(force=True, best=cbs.best.value)
+    artifacts = write_artifacts(state, cfg, cbs, test_metrics, elapsed, extra, log)
+    return RunResult(
+        state.model, cbs.history.records, test_metrics, state.step, artifacts, state.chief
+    )
+
+
+def fit_epochs(state: RunState, cfg: TrainConfig, cbs: RunCallbacks) -> None:
+    """One ``fit`` per epoch from the current step on (a resumed epoch skips its trained
+    steps); raises ``OutOfDataError`` when an epoch's input ends early."""
+    steps, start_step = state.steps, state.step
     for epoch in range(start_step // steps, cfg.nepochs):
         skip = max(0, start_step - epoch * steps)
-        data = source.train_dataset(strategy, cfg.mini_batch_size, steps, epoch=epoch, skip=skip)
-        logger.start_epoch(
-            epoch, first_step=skip, examples=source.examples_per_epoch(cfg.mini_batch_size, steps)
-        )
-        before = int(model.optimizer.iterations.numpy())
-        model.fit(
+        data = state.source.train_dataset(state.strategy, epoch=epoch, skip=skip)
+        cbs.position.start(epoch, first_step=skip, examples=state.source.examples_per_epoch())
+        before = state.step
+        state.model.fit(
             data,
             initial_epoch=epoch,
             epochs=epoch + 1,
             steps_per_epoch=steps - skip,
-            callbacks=callbacks,
+            callbacks=cbs.callbacks,
             shuffle=False,
-            verbose=0,  # the logger draws --progress_bar
+            verbose=0,  # the printer draws --progress_bar
         )
-        _check_epoch_ran(model, before, steps - skip, epoch, source)
+        _check_epoch_ran(state.model, before, steps - skip, epoch, state.source)
 
 
-def _write_history(
-    run_dir: str, logger, test: dict | None, model, seconds: float, extra: dict
+def final_test(state: RunState, cbs: RunCallbacks) -> dict | None:
+    """The test metrics of the final model: evaluated unless the last step was."""
+    if cbs.evaluator is None:
+        return None
+    if cbs.evaluator.last_test_step != state.step:
+        # Its line names the step's epoch and iteration (a model loaded past the run's
+        # end included).
+        cbs.position.epoch, it = state.position_of(state.step)
+        return cbs.evaluator.run_test(state.step, it=it)
+    return cbs.history.records[-1].get("test")
+
+
+def write_artifacts(
+    state: RunState, cfg: TrainConfig, cbs: RunCallbacks, test_metrics: dict | None,
+    elapsed: float, extra: dict, log=print,
+) -> dict[str, str]:  # fmt: skip
+    """The chief writes ``history.json``, the model (if not saved as best) and the plot;
+    returns where each went."""
+    if not state.chief:
+        return {}
+    artifacts = {
+        "history": write_history(cfg.run_dir, cbs, test_metrics, state.step, elapsed, extra),
+        "tensorboard": cbs.tensorboard_dir,
+    }
+    if cfg.save_model:
+        if not state.has_test:  # nothing to rank models by: the trained model is the result
+            checkpoints.save_model(state.model, cfg.save_model, metrics=test_metrics)
+        elif not cbs.saver.saved:
+            log(
+                f"{cfg.save_model} not replaced: no evaluation beat the best test AUC "
+                f"{cbs.best.value['auc']:.4f} carried from {cfg.load_model or 'earlier'}"
+            )
+        artifacts["model"] = cfg.save_model
+    if cfg.plot and cbs.history.records:
+        from dlrm_tf.plot import plot_history
+
+        png = plot_history(
+            cbs.history.records,
+            os.path.join(cfg.run_dir, "training.png"),
+            title=run_title(cbs.hparams),
+            loss_name=cfg.loss_function,
+            print_freq=cfg.print_freq,
+        )
+        if png:
+            artifacts["plot"] = png
+    return artifacts
+
+
+def write_history(
+    run_dir: str, cbs: RunCallbacks, test: dict | None, steps: int, seconds: float, extra: dict
 ) -> str:
     """Writes ``run_dir/history.json`` (printed records, final test metrics, steps, run facts)."""
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, "history.json")
     record = {
-        "history": logger.history,
+        "history": cbs.history.records,
         "test": test,
-        "steps": int(model.optimizer.iterations.numpy()),
+        "steps": steps,
         "seconds": seconds,
-        "examples": logger.examples_seen,
+        "examples": cbs.printer.examples_seen,
         **extra,
     }
     with open(path, "w") as f:

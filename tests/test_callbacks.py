@@ -6,7 +6,13 @@ import types
 import numpy as np
 import pytest
 
-from dlrm_tf.callbacks import ReferenceLogger, TrainingDivergedError
+from dlrm_tf.callbacks import (
+    DivergenceGuard,
+    EpochPosition,
+    ProgressPrinter,
+    RunHistory,
+    TrainingDivergedError,
+)
 
 
 class FakeIterations:
@@ -17,14 +23,36 @@ class FakeIterations:
         return self.value
 
 
+class Callbacks:
+    """The guard and the printer, called in the trainer's order."""
+
+    def __init__(self, *callbacks):
+        self.callbacks = callbacks
+        self.position = callbacks[0].position
+
+    def start_epoch(self, epoch, examples):
+        self.position.start(epoch, examples=examples)
+
+    def on_epoch_begin(self, epoch):
+        for c in self.callbacks:
+            c.on_epoch_begin(epoch)
+
+    def on_train_batch_end(self, batch, logs):
+        for c in self.callbacks:
+            c.on_train_batch_end(batch, logs)
+
+
 def make_logger(lines, print_freq):
-    logger = ReferenceLogger(
-        steps_per_epoch=3, global_batch=2, print_freq=print_freq, print_time=False,
-        test_freq=-1, evaluate=None, learning_rate=0.1, tensorboard_dir=None,
-        best_model_path="", save_model=lambda path, metrics: None, log=lines.append,
+    position, history = EpochPosition(steps_per_epoch=3, global_batch=2), RunHistory()
+    printer = ProgressPrinter(
+        position, history, print_freq=print_freq, print_time=False, learning_rate=0.1,
+        log=lines.append,
     )  # fmt: skip
+    logger = Callbacks(DivergenceGuard(position), printer)
     iterations = FakeIterations()
-    logger.set_model(types.SimpleNamespace(optimizer=types.SimpleNamespace(iterations=iterations)))
+    model = types.SimpleNamespace(optimizer=types.SimpleNamespace(iterations=iterations))
+    for c in logger.callbacks:
+        c.set_model(model)
     return logger, iterations
 
 
@@ -75,3 +103,33 @@ def test_diverged_loss_stops_with_a_clear_error():
     logger.start_epoch(0, examples=6)
     with pytest.raises(TrainingDivergedError, match="lower `learning_rate`"):
         feed(logger, iterations, [0.5, float("nan")], [2, 2], [1.0, 1.0])
+
+
+def test_evaluator_prints_records_and_the_saver_keeps_only_improvements():
+    from dlrm_tf.callbacks import BestMetrics, BestModelSaver, PeriodicEvaluator
+
+    aucs = iter([0.60, 0.70, 0.65, 0.80])
+    position, history = EpochPosition(steps_per_epoch=4, global_batch=2), RunHistory()
+    lines, saved = [], []
+    evaluator = PeriodicEvaluator(
+        position, history, test_freq=1,
+        evaluate=lambda: {"loss": 0.5, "auc": next(aucs), "log_loss": 0.5, "accuracy": 0.5},
+        best=BestMetrics({"auc": 0.65, "accuracy": 0.4}),  # carried from an earlier run
+        log=lines.append,
+    )  # fmt: skip
+    saver = BestModelSaver("best.keras", lambda path, metrics: saved.append(metrics["auc"]))
+    evaluator.on_test.append(saver)
+    iterations = FakeIterations()
+    evaluator.set_model(
+        types.SimpleNamespace(optimizer=types.SimpleNamespace(iterations=iterations))
+    )
+    position.start(0)
+    for batch in range(4):  # tests after iterations 1, 2, 3; the 4th is the epoch's end
+        iterations.value += 1
+        evaluator.on_train_batch_end(batch)
+    evaluator.on_epoch_end(0)
+    # Saved only when the AUC beats the best so far, the carried 0.65 included.
+    assert saved == [0.70, 0.80] and saver.saved
+    best = [float(re.search(r"best auc (\S+),", line)[1]) for line in lines]
+    assert best == [0.65, 0.70, 0.70, 0.80]
+    assert [(r["step"], r["it"]) for r in history.records] == [(1, 1), (2, 2), (3, 3), (4, 4)]

@@ -112,3 +112,48 @@ def test_two_workers_train_every_row_once(tmp_path):
     # Each worker trained half of every global batch; together every row once.
     assert [sum(r["counts"]) for r in reports] == [steps * BATCH // 2] * 2
     assert_once_each(np.add(reports[0]["counts"], reports[1]["counts"]), train_rows, steps)
+
+
+def rows_of(dataset) -> list[int]:
+    """Rows per batch of an (undistributed) dataset, counted from its labels."""
+    return [int(labels.shape[0]) for _, labels in dataset]
+
+
+def test_generated_source_owns_its_batch_sizes():
+    import tensorflow as tf
+
+    from dlrm_tf.data import DataConfig, DataSource, GeneratedSource
+
+    config = DataConfig(generation="random", data_size=21, test_num_batches=2)
+    source = DataSource(config, (5, 7), 3)
+    assert isinstance(source, GeneratedSource) and not source.from_files
+    batched = source.with_batches(8, test_batch=4)
+    assert source.global_batch == 1  # the original keeps its batches
+    strategy = tf.distribute.get_strategy()
+    # The reference's batches: ceil(21 / 8) = 3, the last one partial (21 = 8 + 8 + 5).
+    assert rows_of(batched.train_dataset(strategy)) == [8, 8, 5]
+    assert (batched.steps_per_epoch(), batched.examples_per_epoch()) == (3, 21)
+    assert rows_of(batched.train_dataset(strategy, skip=2)) == [5]
+    assert rows_of(batched.test_dataset(strategy)) == [4, 4]  # --test_num_batches of 4
+    assert batched.has_test(test_freq=5) and not batched.has_test(test_freq=-1)
+
+
+def test_converted_source_owns_its_batch_sizes_and_takes_the_datas_tables(tmp_path):
+    import tensorflow as tf
+
+    from dlrm_tf.data import ConvertedSource, DataConfig, DataSource
+
+    data_dir, train_rows = numbered_data(tmp_path, 150)  # 129 train rows
+    # The reference's test split: the first of np.array_split's two halves of the last day.
+    test_rows = len(np.array_split(np.arange(convert.kaggle_day_sizes(150)[6]), 2)[0])
+    source = DataSource(DataConfig(generation="dataset", processed_data_dir=data_dir), (1,), 13)
+    assert isinstance(source, ConvertedSource) and source.from_files
+    assert len(source.table_sizes) == 26  # the data's tables, not the placeholder
+    batched = source.with_batches(12, test_batch=50)
+    strategy = tf.distribute.get_strategy()
+    # Full global batches only: 129 // 12 = 10, the 9 rows left over are dropped.
+    assert rows_of(batched.train_dataset(strategy)) == [12] * 10
+    assert (batched.steps_per_epoch(), batched.examples_per_epoch()) == (10, 120)
+    tested = rows_of(batched.test_dataset(strategy))
+    assert sum(tested) == test_rows and max(tested) <= 50
+    assert batched.has_test(test_freq=-1)  # converted data is always tested

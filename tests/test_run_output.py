@@ -97,22 +97,25 @@ def test_tensorboard_tags_and_hparams(run):
     from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
 
     tmp, stdout, _, history = run
+    # The run's events are in a directory of its own under <run_dir>/tensorboard.
+    (run_id,) = os.listdir(tmp / "run" / "tensorboard")
+    tb = f"tensorboard/{run_id}"
     mux = pem.EventMultiplexer()
     mux.AddRunsFromDirectory(str(tmp / "run"))
     mux.Reload()
     tags = {r: set(t["tensors"]) for r, t in mux.Runs().items()}
-    assert tags["tensorboard/train"] == {
+    assert tags[f"{tb}/train"] == {
         "window_loss", "window_accuracy", "epoch_loss", "epoch_accuracy",
         "learning_rate", "samples_per_s",
     }  # fmt: skip
-    assert tags["tensorboard/test"] == {"test_loss", "test_auc", "test_accuracy", "test_log_loss"}
+    assert tags[f"{tb}/test"] == {"test_loss", "test_auc", "test_accuracy", "test_log_loss"}
     # Train and test on one step axis: the steps of the printed lines and test lines.
     lines = visible_lines(stdout)
     steps = lambda run, tag: [e.step for e in mux.Tensors(run, tag)]  # noqa: E731
-    assert steps("tensorboard/train", "window_loss") == [
+    assert steps(f"{tb}/train", "window_loss") == [
         int(m[1]) for m in map(TRAIN.match, lines) if m
     ]
-    assert steps("tensorboard/test", "test_auc") == [int(m[1]) for m in map(TEST.match, lines) if m]
+    assert steps(f"{tb}/test", "test_auc") == [int(m[1]) for m in map(TEST.match, lines) if m]
 
     provider = data_provider.MultiplexerDataProvider(mux, str(tmp / "run"))
     ctx = backend_context.Context(
