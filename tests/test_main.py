@@ -162,7 +162,7 @@ def test_natural_mistakes_end_in_one_error_line(tmp_path):
     raw = tmp_path / "train.txt"
     synthetic.write_text(str(raw), num_rows=300, seed=1)
     data = tmp_path / "data"
-    convert.convert("kaggle", raw, data, max_ind_range=50, num_shards=1)
+    convert.convert("kaggle", raw, data, max_ind_range=50, categorical="hash", num_shards=1)
     metadata = json.loads((data / "metadata.json").read_text())
     metadata["table_sizes"][4] = 3  # the shards hold ids up to 49 in table 4
     (data / "metadata.json").write_text(json.dumps(metadata))
