@@ -131,6 +131,7 @@ def train_config_from_flags(run_dir: str) -> TrainConfig:
         tensorboard_dir=FLAGS.tensorboard_dir,
         backup_dir=FLAGS.backup_dir,
         backup_every=FLAGS.backup_every,
+        export_dir=FLAGS.export_dir,
         mixed_precision=FLAGS.mixed_precision,
         jit_compile=FLAGS.jit_compile,
         steps_per_execution=FLAGS.steps_per_execution,

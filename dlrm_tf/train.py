@@ -57,6 +57,7 @@ class TrainConfig:
     tensorboard_dir: str = ""
     backup_dir: str = ""
     backup_every: int = 1000
+    export_dir: str = ""  # written after the run (main.py); its disk space is checked first
     mixed_precision: str = "none"
     jit_compile: bool = False
     steps_per_execution: int = 1
@@ -208,7 +209,15 @@ def run(
     replicas = strategy.num_replicas_in_sync
     devices = _local_devices(strategy)
     on_cpu = all("GPU" not in d.upper() for d in devices)
-    memory.check_memory(model_config, cfg.optimizer, len(devices) if on_cpu else 1)
+    writes = chief and not cfg.inference_only  # the chief writes the model and the export
+    memory.plan_and_check(
+        model_config, cfg.optimizer, len(devices) if on_cpu else 1, log,
+        save_model=cfg.save_model if writes else "",
+        backup_dir="" if cfg.inference_only else cfg.backup_dir,
+        export_dir=cfg.export_dir if writes else "",
+        backup_copies=checkpoints.BACKUPS_KEPT + 1,
+        export_assets=memory.vocabulary_bytes(source.metadata),
+    )  # fmt: skip
     if cfg.mini_batch_size % replicas:
         raise ValueError(
             f"--mini_batch_size={cfg.mini_batch_size} (the global batch) must be divisible by "
