@@ -163,8 +163,9 @@ def check_memory(
             f"MLPs {mlp:,} params; x 4 bytes x (1 weight + {SLOTS[optimizer]} {optimizer} "
             f"slots) x {replicas_per_host} replica(s) = {need / gib:.2f} GiB, "
             f"x {HEADROOM} headroom = {need * HEADROOM / gib:.2f} GiB > "
-            f"{available_bytes / gib:.2f} GiB available. Lower --max_ind_range (convert with a "
-            "smaller cap or a --frequency_threshold), --arch_sparse_feature_size, or use sgd."
+            f"{available_bytes / gib:.2f} GiB available. Shrink the tables (convert without "
+            "--categorical=hash, with a smaller --max_ind_range or a --frequency_threshold), "
+            "lower --arch_sparse_feature_size, or use sgd."
         )
     return need
 
