@@ -272,7 +272,7 @@ def test_max_ind_range_gives_the_reference_table_sizes(tmp_path, raw_file, lines
         assert test[2][:, f].max() < size
 
 
-def test_categorical_hash_without_max_ind_range_is_one_error_line(tmp_path, raw_file):
+def test_categorical_hash_needs_a_range_and_no_threshold(tmp_path, raw_file):
     out = tmp_path / "out"
     result = run_module(
         "input_pipeline.convert", f"--raw_data_file={raw_file}", f"--output_dir={out}",
@@ -281,6 +281,11 @@ def test_categorical_hash_without_max_ind_range_is_one_error_line(tmp_path, raw_
     assert_one_error_line(
         result.returncode, result.stderr, "--categorical=hash needs --max_ind_range=N > 0"
     )
+    assert not out.exists()
+    with pytest.raises(ValueError, match="--frequency_threshold=2 applies to vocabularies"):
+        convert.convert(
+            "kaggle", raw_file, out, max_ind_range=10, frequency_threshold=2, categorical="hash"
+        )
     assert not out.exists()
 
 
