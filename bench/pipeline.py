@@ -97,11 +97,11 @@ def main(argv: list[str] | None = None) -> dict:
         # CPU seconds per row do not depend on other load on a shared machine.
         convert_cpu_us_per_row = (child.ru_utime + child.ru_stime) / args.num_rows * 1e6
         read_rows_per_s, rows = _read_rows_per_s(out, args.batch_size)
+        with open(os.path.join(out, "metadata.json")) as f:
+            categorical = json.load(f)["preprocessing"]["categorical"]
         results = {
             "num_rows": args.num_rows,
-            "categorical": "vocabulary"
-            if args.frequency_threshold or not args.max_ind_range
-            else "hash",
+            "categorical": categorical,
             "data_randomize": args.data_randomize,
             "generate_rows_per_s": round(args.num_rows / generate_s),
             "convert_seconds": round(convert_s, 2),

@@ -26,6 +26,8 @@ from absl import logging
 from dlrm_tf.model import DLRM
 from input_pipeline import errors, safe_files
 
+BACKUPS_KEPT = 2  # the newest backups a Backup keeps
+
 
 def _atomic_target(path: str, suffix: str) -> str:
     directory = os.path.dirname(os.path.abspath(path))
@@ -163,7 +165,7 @@ class Backup:
     """Crash-safe backups in ``directory``, resumed by a rerun of the same command."""
 
     def __init__(
-        self, directory: str, model: DLRM, max_to_keep: int = 2, task: str | None = None
+        self, directory: str, model: DLRM, max_to_keep: int = BACKUPS_KEPT, task: str | None = None
     ) -> None:
         """Backups of ``model`` (and its optimizer) in ``directory``.
 

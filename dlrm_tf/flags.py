@@ -340,6 +340,7 @@ def train_config(values: flags.FlagValues, run_dir: str) -> TrainConfig:
         tensorboard_dir=values.tensorboard_dir,
         backup_dir=values.backup_dir,
         backup_every=values.backup_every,
+        export_dir=values.export_dir,
         mixed_precision=values.mixed_precision,
         jit_compile=values.jit_compile,
         steps_per_execution=values.steps_per_execution,

@@ -66,6 +66,7 @@ class TrainConfig:
     tensorboard_dir: str = ""
     backup_dir: str = ""
     backup_every: int = 1000
+    export_dir: str = ""  # written after the run (job.py); its disk space is checked first
     mixed_precision: str = "none"
     jit_compile: bool = False
     steps_per_execution: int = 1
@@ -248,14 +249,25 @@ class RunCallbacks:
     callbacks: list[keras.callbacks.Callback]
 
 
-def prepare_run(model_config: ModelConfig, cfg: TrainConfig, strategy) -> None:
-    """Seeds, sets the precision and checks memory and batch before any model exists."""
+def prepare_run(
+    model_config: ModelConfig, cfg: TrainConfig, source: DataSource, strategy, log=print
+) -> None:
+    """Seeds, sets the precision, prints the memory plan and checks memory, disk space
+    and batch before any model exists."""
     keras.utils.set_random_seed(cfg.seed)
     set_precision(cfg.mixed_precision)
     replicas = strategy.num_replicas_in_sync
     devices = _local_devices(strategy)
     on_cpu = all("GPU" not in d.upper() for d in devices)
-    memory.check_memory(model_config, cfg.optimizer, len(devices) if on_cpu else 1)
+    writes = is_chief(strategy) and not cfg.inference_only  # the chief writes the outputs
+    memory.plan_and_check(
+        model_config, cfg.optimizer, len(devices) if on_cpu else 1, log,
+        save_model=cfg.save_model if writes else "",
+        backup_dir="" if cfg.inference_only else cfg.backup_dir,
+        export_dir=cfg.export_dir if writes else "",
+        backup_copies=checkpoints.BACKUPS_KEPT + 1,
+        export_assets=memory.vocabulary_bytes(source.metadata),
+    )  # fmt: skip
     if cfg.mini_batch_size % replicas:
         raise ValueError(
             f"`mini_batch_size`={cfg.mini_batch_size} (the global batch) must be divisible by "
@@ -420,7 +432,7 @@ def run(
 ) -> RunResult:
     """Trains (or, with ``inference_only``, only evaluates) and returns the result."""
     cfg = train_config
-    prepare_run(model_config, cfg, strategy)
+    prepare_run(model_config, cfg, source, strategy, log)
     state = build_state(model_config, cfg, source, strategy, log)
     if cfg.inference_only:
         return evaluate_only(state, log)

@@ -3,7 +3,8 @@
 Usage::
 
   python -m input_pipeline.convert --data_set=kaggle --raw_data_file=train.txt \\
-      --output_dir=data/kaggle [--max_ind_range=N | --frequency_threshold=T] \\
+      --output_dir=data/kaggle [--max_ind_range=N] [--frequency_threshold=T] \\
+      [--categorical=vocabulary|hash] \\
       [--data_randomize=total|day|none] [--data_sub_sample_rate=R] [--num_shards=N] \\
       [--bad_lines=error|skip] [--compression=none|gzip] [--overwrite]
 
@@ -13,11 +14,15 @@ Splits (the reference's): Kaggle's lines are cut, in file order, into 7 "days"
 every day file but the last trains; the last (``day_23``) is halved the same way.
 Bad lines keep their place in this count, so skipping one never moves a boundary.
 
-Categorical mode: ``--frequency_threshold=T`` builds vocabularies from the training
-rows (values seen fewer than T times share the out-of-vocabulary id; applied after
-``% max_ind_range`` if that is given too); else ``--max_ind_range=N`` hashes
-(``id = value % N``); with neither, vocabularies with T = 1 (the reference's
-contiguous ids). ``criteo.py`` defines the ids.
+Categorical mode (``--categorical``): ``vocabulary`` (the default) builds one
+vocabulary per feature from the training rows, so each table has the rows the data
+needs. ``--max_ind_range=N`` first reduces every value ``% N`` (the reference's
+``getCriteoAdData``: a table then has at most N value ids);
+``--frequency_threshold=T`` gives values seen fewer than T times the
+out-of-vocabulary id (default T = 1: every value seen gets its own contiguous id).
+``hash`` (needs ``--max_ind_range=N``) is one pass without vocabularies,
+``id = value % N``: every table has exactly N rows, for data whose vocabularies
+cannot be counted first. ``criteo.py`` defines the ids.
 
 ``--data_sub_sample_rate=R`` drops that fraction of negative training rows
 (seeded; test and validation are untouched). ``--data_randomize``: ``total``
@@ -1003,6 +1008,7 @@ def convert(
     *,
     max_ind_range: int = 0,
     frequency_threshold: int = 0,
+    categorical: str = "vocabulary",
     data_randomize: str = "total",
     data_sub_sample_rate: float = 0.0,
     num_shards: int = DEFAULT_NUM_SHARDS,
@@ -1018,9 +1024,13 @@ def convert(
       data_set: ``"kaggle"`` or ``"terabyte"`` (decides the split rule).
       raw_data_file: a file, a directory or a glob (``.gz`` allowed).
       output_dir: the dataset directory to create.
-      max_ind_range: hash ids as ``value % max_ind_range`` (or apply the modulus
-        before the vocabulary when ``frequency_threshold`` is given).
-      frequency_threshold: build vocabularies; rarer values share the OOV id.
+      max_ind_range: reduce categorical values ``% max_ind_range`` before the
+        vocabulary (0: off); the ids themselves with ``categorical="hash"``.
+      frequency_threshold: vocabulary mode: rarer values share the OOV id (0 or 1:
+        every value seen in the training rows gets an id).
+      categorical: ``"vocabulary"`` (tables of the rows the data needs) or
+        ``"hash"`` (one pass, ``id = value % max_ind_range``, tables of exactly
+        ``max_ind_range`` rows).
       data_randomize: ``total``, ``day`` or ``none`` (training rows only).
       data_sub_sample_rate: fraction of negative training rows to drop.
       num_shards: shards per split.
@@ -1046,7 +1056,7 @@ def convert(
         raise ValueError("num_shards and block_rows must be >= 1")
     if max_ind_range < 0 or frequency_threshold < 0:
         raise ValueError("max_ind_range and frequency_threshold must be >= 0")
-    categorical = "hash" if frequency_threshold == 0 and max_ind_range > 0 else "vocabulary"
+    _check_categorical(categorical, max_ind_range, frequency_threshold)
     settings = _Settings(
         data_set=data_set,
         categorical=categorical,
@@ -1083,6 +1093,22 @@ def convert(
             raise
     logging.info("Wrote %s: %s", output_dir, metadata["rows"])
     return {**metadata, "data_dir": output_dir}
+
+
+def _check_categorical(categorical: str, max_ind_range: int, frequency_threshold: int) -> None:
+    """Refuses a categorical mode its other flags contradict."""
+    if categorical not in ("vocabulary", "hash"):
+        raise ValueError(f"--categorical={categorical!r}: must be vocabulary or hash")
+    if categorical == "hash" and max_ind_range <= 0:
+        raise ValueError(
+            f"--categorical=hash needs --max_ind_range=N > 0 (ids are value % N), got "
+            f"--max_ind_range={max_ind_range}: give one, or drop --categorical=hash"
+        )
+    if categorical == "hash" and frequency_threshold > 0:
+        raise ValueError(
+            f"--frequency_threshold={frequency_threshold} applies to vocabularies, not to "
+            "--categorical=hash: drop one of the two"
+        )
 
 
 def dataset_files(data_dir: str) -> list[str]:
@@ -1193,8 +1219,16 @@ def define_flags() -> None:
     flags.DEFINE_enum("data_set", "kaggle", ["kaggle", "terabyte"], "Criteo data set (split rule).")
     flags.DEFINE_string("raw_data_file", None, "Raw file, directory or glob of day files (.gz ok).")
     flags.DEFINE_string("output_dir", None, "Converted dataset directory to create.")
-    flags.DEFINE_integer("max_ind_range", 0, "Hash categorical values modulo this (0: off).")
+    flags.DEFINE_integer(
+        "max_ind_range", 0, "Reduce categorical values modulo this before the vocabulary (0: off)."
+    )
     flags.DEFINE_integer("frequency_threshold", 0, "Vocabulary mode: minimum count to get an id.")
+    flags.DEFINE_enum(
+        "categorical",
+        "vocabulary",
+        ["vocabulary", "hash"],
+        "vocabulary: tables of the values seen; hash: one pass, id = value % --max_ind_range.",
+    )
     flags.DEFINE_enum("data_randomize", "total", ["total", "day", "none"], "Training row shuffle.")
     flags.DEFINE_float("data_sub_sample_rate", 0.0, "Fraction of negative training rows to drop.")
     flags.DEFINE_integer("num_shards", DEFAULT_NUM_SHARDS, "Shards per split.")
@@ -1224,6 +1258,7 @@ def main(argv: Sequence[str]) -> None:
             FLAGS.output_dir,
             max_ind_range=FLAGS.max_ind_range,
             frequency_threshold=FLAGS.frequency_threshold,
+            categorical=FLAGS.categorical,
             data_randomize=FLAGS.data_randomize,
             data_sub_sample_rate=FLAGS.data_sub_sample_rate,
             num_shards=FLAGS.num_shards,

@@ -11,14 +11,16 @@ Categorical features: a value must match ``[0-9a-fA-F]{0,15}`` and is read as
 ``int(value, 16)`` (an empty value reads as 0). Two ways turn that integer into a
 row id of the feature's embedding table:
 
-* hashing (``max_ind_range > 0`` and no vocabulary): ``id = value % max_ind_range``,
-  the reference's rule; every table has ``max_ind_range`` rows.
-* vocabulary: an ordered list of known values per feature (a text file, one value
-  per line, written as the decimal integer ``int(hex, 16)`` after the optional
-  ``% max_ind_range``). Ids: ``0`` = out-of-vocabulary, ``1`` = missing (empty
+* hashing (the converter's ``--categorical=hash``; ``max_ind_range > 0``, no
+  vocabulary): ``id = value % max_ind_range``; every table has ``max_ind_range`` rows.
+* vocabulary (the default): an ordered list of known values per feature (a text
+  file, one value per line, written as the decimal integer ``int(hex, 16)`` after
+  the optional ``% max_ind_range``). Ids: ``0`` = out-of-vocabulary, ``1`` = missing (empty
   field), ``2 + k`` = the value on line ``k`` of the file. The converter writes the
   values seen at least ``frequency_threshold`` times in the training rows, most
   frequent first (ties by ascending value). Table size = ``2 + len(vocabulary)``.
+  With ``max_ind_range`` this is the reference's rule (``% N``, then contiguous
+  ids per feature): at most ``2 + N`` rows.
 
 The same ops serve the converter (``parse_lines``, which reports bad lines instead
 of failing) and the SavedModel's raw-input signature (``RawPreprocessor.__call__``,

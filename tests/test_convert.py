@@ -21,7 +21,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from cli_check import REPO, assert_one_error_line
+from cli_check import REPO, assert_one_error_line, run_module
 
 from input_pipeline import convert, criteo, synthetic
 
@@ -132,6 +132,7 @@ def test_hash_round_trip_every_value(tmp_path, raw_file, lines):
         raw_file,
         out,
         max_ind_range=1000,
+        categorical="hash",
         data_randomize="none",
         num_shards=3,
         block_rows=128,
@@ -160,7 +161,7 @@ def test_hash_round_trip_every_value(tmp_path, raw_file, lines):
     assert sorted(os.listdir(tmp_path)) == ["out", "train.txt"]  # no temporary leftovers
 
 
-def vocabulary_oracle(train_lines, threshold, max_ind_range=0):
+def vocabulary_oracle(train_lines, threshold, max_ind_range=0, categorical="hash"):
     counts = [collections.Counter() for _ in range(26)]
     for line in train_lines:
         for f, text in enumerate(line.split("\t")[14:]):
@@ -215,7 +216,9 @@ def test_vocabulary_round_trip(tmp_path, raw_file, lines, threshold, max_ind_ran
 
 def test_raw_preprocessor_agrees_with_converter_hash(tmp_path, raw_file, lines):
     out = tmp_path / "out"
-    convert.convert("kaggle", raw_file, out, max_ind_range=977, data_randomize="none")
+    convert.convert(
+        "kaggle", raw_file, out, max_ind_range=977, categorical="hash", data_randomize="none"
+    )
     pre = criteo.RawPreprocessor.from_metadata(str(out))
     dense, ids = pre(tf.constant([line.split("\t")[1:] for line in lines]))
     converted = [read_split(out, s) for s in ("train", "test", "validation")]
@@ -223,12 +226,75 @@ def test_raw_preprocessor_agrees_with_converter_hash(tmp_path, raw_file, lines):
     np.testing.assert_array_equal(np.concatenate([c[2] for c in converted]), ids.numpy())
 
 
+def reference_reduced_values(train_lines, max_ind_range):
+    """The reference's ``getCriteoAdData`` restated: per feature, the distinct
+    ``int(hex, 16) % max_ind_range`` of the (non-empty) training values."""
+    distinct = [set() for _ in range(26)]
+    for line in train_lines:
+        for f, text in enumerate(line.split("\t")[14:]):
+            if text:
+                distinct[f].add(int(text, 16) % max_ind_range)
+    return distinct
+
+
+def test_max_ind_range_gives_the_reference_table_sizes(tmp_path, raw_file, lines):
+    """``--max_ind_range=N`` alone: ``% N``, then contiguous ids per feature, so a
+    table has ``min(distinct, N)`` value rows (plus the OOV and missing ids), not N."""
+    n = 100
+    out = tmp_path / "out"
+    result = run_module(
+        "input_pipeline.convert", f"--raw_data_file={raw_file}", f"--output_dir={out}",
+        f"--max_ind_range={n}", "--data_randomize=none", "--num_shards=2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    metadata = json.loads((out / "metadata.json").read_text())
+    sizes, _ = reference_splits(len(lines))
+    distinct = reference_reduced_values(lines[: sizes["train"]], n)
+    expected_sizes = [criteo.FIRST_VOCABULARY_ID + len(d) for d in distinct]
+    assert metadata["table_sizes"] == expected_sizes
+    assert metadata["preprocessing"]["categorical"] == "vocabulary"
+    # The data exercises both sides of the cap: some features have more than N
+    # distinct reduced values (then exactly N), most have fewer.
+    assert max(len(d) for d in distinct) == n and min(len(d) for d in distinct) < 10
+    train, test = read_split(out, "train"), read_split(out, "test")
+    fields = [line.split("\t")[14:] for line in lines[: sizes["train"]]]
+    for f, size in enumerate(expected_sizes):
+        ids = train[2][:, f]
+        empty = np.array([row[f] == "" for row in fields])
+        assert (ids[empty] == criteo.MISSING_ID).all()
+        # Contiguous: the values seen take exactly the ids 2 .. size - 1 ...
+        assert set(ids[~empty].tolist()) == set(range(criteo.FIRST_VOCABULARY_ID, size))
+        # ... one id per reduced value and one reduced value per id.
+        pairs = {
+            (int(row[f], 16) % n, int(i)) for row, i in zip(fields, ids, strict=True) if row[f]
+        }
+        assert len(pairs) == len(distinct[f]) == len({i for _, i in pairs})
+        assert test[2][:, f].max() < size
+
+
+def test_categorical_hash_needs_a_range_and_no_threshold(tmp_path, raw_file):
+    out = tmp_path / "out"
+    result = run_module(
+        "input_pipeline.convert", f"--raw_data_file={raw_file}", f"--output_dir={out}",
+        "--categorical=hash",
+    )  # fmt: skip
+    assert_one_error_line(
+        result.returncode, result.stderr, "--categorical=hash needs --max_ind_range=N > 0"
+    )
+    assert not out.exists()
+    with pytest.raises(ValueError, match="--frequency_threshold=2 applies to vocabularies"):
+        convert.convert(
+            "kaggle", raw_file, out, max_ind_range=10, frequency_threshold=2, categorical="hash"
+        )
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("total", [1, 6, 7, 8, 13, 20, 51, 100])
 def test_split_sizes_follow_reference_rule(tmp_path, total):
     lines = synthetic.generate(total, seed=total).lines()
     raw = write_lines(tmp_path / "train.txt", lines)
     metadata = convert.convert(
-        "kaggle", raw, tmp_path / "out", max_ind_range=10, data_randomize="none"
+        "kaggle", raw, tmp_path / "out", max_ind_range=10, categorical="hash", data_randomize="none"
     )
     sizes, _ = reference_splits(total)
     assert metadata["rows"] == sizes
@@ -247,7 +313,12 @@ def test_terabyte_days(tmp_path):
     for name, day in zip(("day_0.gz", "day_2", "day_10"), days, strict=True):
         write_lines(directory / name, day)
     metadata = convert.convert(
-        "terabyte", directory, tmp_path / "out", max_ind_range=100, data_randomize="none"
+        "terabyte",
+        directory,
+        tmp_path / "out",
+        max_ind_range=100,
+        categorical="hash",
+        data_randomize="none",
     )
     assert metadata["rows"] == {"train": 71, "test": 13, "validation": 12}
     assert [os.path.basename(s["path"]) for s in metadata["sources"]] == [
@@ -267,6 +338,7 @@ def test_gzip_input_and_output(tmp_path, lines):
         raw,
         tmp_path / "out",
         max_ind_range=1000,
+        categorical="hash",
         data_randomize="none",
         compression="gzip",
     )
@@ -283,7 +355,12 @@ def test_gzip_input_and_output(tmp_path, lines):
 @pytest.mark.parametrize("mode", ["total", "day"])
 def test_randomize_is_a_permutation_of_training_rows(tmp_path, raw_file, lines, mode):
     metadata = convert.convert(
-        "kaggle", raw_file, tmp_path / "out", max_ind_range=1000, data_randomize=mode
+        "kaggle",
+        raw_file,
+        tmp_path / "out",
+        max_ind_range=1000,
+        categorical="hash",
+        data_randomize=mode,
     )
     sizes, days = reference_splits(len(lines))
     expected = oracle_rows(lines, hashed(1000))
@@ -318,14 +395,25 @@ def test_shuffle_buckets_split_when_too_large(tmp_path, raw_file, lines, monkeyp
         lambda self, group, rows: original(self, group, rows // 20),
     )
     convert.convert(
-        "kaggle", raw_file, tmp_path / "out", max_ind_range=1000, data_randomize="total"
+        "kaggle",
+        raw_file,
+        tmp_path / "out",
+        max_ind_range=1000,
+        categorical="hash",
+        data_randomize="total",
     )
     expected = oracle_rows(lines[: sizes["train"]], hashed(1000))
     assert_rows_equal(sort_rows(read_split(tmp_path / "out", "train")), sort_rows(expected))
 
 
 def test_sub_sampling_drops_only_training_negatives(tmp_path, raw_file, lines):
-    kwargs = dict(max_ind_range=1000, data_randomize="none", data_sub_sample_rate=0.5, seed=5)
+    kwargs = dict(
+        max_ind_range=1000,
+        categorical="hash",
+        data_randomize="none",
+        data_sub_sample_rate=0.5,
+        seed=5,
+    )
     metadata = convert.convert("kaggle", raw_file, tmp_path / "a", **kwargs)
     sizes, _ = reference_splits(len(lines))
     expected = oracle_rows(lines, hashed(1000))
@@ -382,7 +470,7 @@ def test_bad_line_error_names_file_and_line(tmp_path, lines, case):
     bad, message = _bad_line_cases(lines[0])[case]
     raw = write_lines(tmp_path / "train.txt", lines[:40] + [bad] + lines[40:60])
     with pytest.raises(convert.BadInputError) as error:
-        convert.convert("kaggle", raw, tmp_path / "out", max_ind_range=10)
+        convert.convert("kaggle", raw, tmp_path / "out", max_ind_range=10, categorical="hash")
     assert str(error.value).startswith(f"{raw}:41: ")
     assert message in str(error.value)
     assert not (tmp_path / "out").exists()
@@ -395,7 +483,13 @@ def test_bad_lines_skip_counts_and_keeps_boundaries(tmp_path, lines):
         body[3 + 5 * k] = bad  # all in day 0 (train)
     raw = write_lines(tmp_path / "train.txt", body)
     metadata = convert.convert(
-        "kaggle", raw, tmp_path / "out", max_ind_range=10, bad_lines="skip", data_randomize="none"
+        "kaggle",
+        raw,
+        tmp_path / "out",
+        max_ind_range=10,
+        categorical="hash",
+        bad_lines="skip",
+        data_randomize="none",
     )
     sizes, _ = reference_splits(70)
     assert metadata["bad_lines"]["skipped"] == len(cases)
@@ -409,31 +503,51 @@ def test_bad_lines_skip_counts_and_keeps_boundaries(tmp_path, lines):
 def test_crlf_is_accepted(tmp_path, lines):
     lf = write_lines(tmp_path / "lf.txt", lines[:50])
     crlf = write_lines(tmp_path / "crlf.txt", lines[:50], newline="\r\n")
-    convert.convert("kaggle", lf, tmp_path / "a", max_ind_range=99, data_randomize="none")
-    convert.convert("kaggle", crlf, tmp_path / "b", max_ind_range=99, data_randomize="none")
+    convert.convert(
+        "kaggle", lf, tmp_path / "a", max_ind_range=99, categorical="hash", data_randomize="none"
+    )
+    convert.convert(
+        "kaggle", crlf, tmp_path / "b", max_ind_range=99, categorical="hash", data_randomize="none"
+    )
     for split in ("train", "test", "validation"):
         assert_rows_equal(read_split(tmp_path / "b", split), read_split(tmp_path / "a", split))
 
 
 def test_last_line_without_newline(tmp_path, lines):
     complete = write_lines(tmp_path / "complete.txt", lines[:30], final_newline=False)
-    metadata = convert.convert("kaggle", complete, tmp_path / "a", max_ind_range=99)
+    metadata = convert.convert(
+        "kaggle", complete, tmp_path / "a", max_ind_range=99, categorical="hash"
+    )
     assert sum(metadata["rows"].values()) == 30
     cut = lines[29][: len(lines[29]) // 2]
     truncated = write_lines(tmp_path / "truncated.txt", lines[:29] + [cut], final_newline=False)
     with pytest.raises(convert.BadInputError, match=r"truncated.txt:30: expected 40"):
-        convert.convert("kaggle", truncated, tmp_path / "b", max_ind_range=99)
+        convert.convert("kaggle", truncated, tmp_path / "b", max_ind_range=99, categorical="hash")
 
 
 def test_empty_and_missing_files(tmp_path):
     empty = tmp_path / "train.txt"
     empty.write_bytes(b"")
     with pytest.raises(convert.BadInputError, match="empty file"):
-        convert.convert("kaggle", str(empty), tmp_path / "out", max_ind_range=10)
+        convert.convert(
+            "kaggle", str(empty), tmp_path / "out", max_ind_range=10, categorical="hash"
+        )
     with pytest.raises(FileNotFoundError, match="nope.txt"):
-        convert.convert("kaggle", str(tmp_path / "nope.txt"), tmp_path / "out", max_ind_range=10)
+        convert.convert(
+            "kaggle",
+            str(tmp_path / "nope.txt"),
+            tmp_path / "out",
+            max_ind_range=10,
+            categorical="hash",
+        )
     with pytest.raises(FileNotFoundError, match=r"day_\*"):
-        convert.convert("terabyte", str(tmp_path / "day_*"), tmp_path / "out", max_ind_range=10)
+        convert.convert(
+            "terabyte",
+            str(tmp_path / "day_*"),
+            tmp_path / "out",
+            max_ind_range=10,
+            categorical="hash",
+        )
     assert sorted(os.listdir(tmp_path)) == ["train.txt"]
 
 
@@ -443,7 +557,7 @@ def test_truncated_gzip(tmp_path, lines):
     with open(raw, "wb") as f:
         f.write(data[: len(data) // 2])
     with pytest.raises(convert.BadInputError, match=r"train.txt.gz: truncated or corrupt gzip"):
-        convert.convert("kaggle", raw, tmp_path / "out", max_ind_range=10)
+        convert.convert("kaggle", raw, tmp_path / "out", max_ind_range=10, categorical="hash")
     assert sorted(os.listdir(tmp_path)) == ["train.txt.gz"]
 
 
@@ -453,7 +567,9 @@ def test_truncated_gzip(tmp_path, lines):
 
 def test_failure_leaves_no_output_and_keeps_existing(tmp_path, raw_file, monkeypatch):
     out = tmp_path / "out"
-    first = convert.convert("kaggle", raw_file, out, max_ind_range=10, data_randomize="none")
+    first = convert.convert(
+        "kaggle", raw_file, out, max_ind_range=10, categorical="hash", data_randomize="none"
+    )
     before = {p: (out / p).read_bytes() for p in os.listdir(out)}
 
     calls = []
@@ -472,6 +588,7 @@ def test_failure_leaves_no_output_and_keeps_existing(tmp_path, raw_file, monkeyp
             raw_file,
             out,
             max_ind_range=20,
+            categorical="hash",
             data_randomize="none",
             block_rows=64,
             overwrite=True,
@@ -479,17 +596,26 @@ def test_failure_leaves_no_output_and_keeps_existing(tmp_path, raw_file, monkeyp
     assert {p: (out / p).read_bytes() for p in os.listdir(out)} == before
     with pytest.raises(OSError, match="disk full"):
         calls.clear()
-        convert.convert("kaggle", raw_file, tmp_path / "fresh", max_ind_range=20, block_rows=64)
+        convert.convert(
+            "kaggle",
+            raw_file,
+            tmp_path / "fresh",
+            max_ind_range=20,
+            categorical="hash",
+            block_rows=64,
+        )
     assert sorted(os.listdir(tmp_path)) == ["out", "train.txt"]
     assert first["table_sizes"] == [10] * 26
 
 
 def test_existing_output_is_refused_unless_overwrite(tmp_path, raw_file):
     out = tmp_path / "out"
-    convert.convert("kaggle", raw_file, out, max_ind_range=10)
+    convert.convert("kaggle", raw_file, out, max_ind_range=10, categorical="hash")
     with pytest.raises(FileExistsError, match="overwrite"):
-        convert.convert("kaggle", raw_file, out, max_ind_range=20)
-    metadata = convert.convert("kaggle", raw_file, out, max_ind_range=20, overwrite=True)
+        convert.convert("kaggle", raw_file, out, max_ind_range=20, categorical="hash")
+    metadata = convert.convert(
+        "kaggle", raw_file, out, max_ind_range=20, categorical="hash", overwrite=True
+    )
     assert (
         json.loads((out / "metadata.json").read_text())["table_sizes"]
         == metadata["table_sizes"]
@@ -504,7 +630,7 @@ def test_cli(tmp_path, lines):
         [
             sys.executable, "-m", "input_pipeline.convert", "--data_set=kaggle",
             f"--raw_data_file={raw}", f"--output_dir={tmp_path / 'out'}", "--max_ind_range=50",
-            "--num_shards=2", "--data_randomize=day",
+            "--categorical=hash", "--num_shards=2", "--data_randomize=day",
         ],
         capture_output=True, text=True, check=False, cwd=os.path.dirname(os.path.dirname(__file__)),
     )  # fmt: skip
@@ -515,6 +641,7 @@ def test_cli(tmp_path, lines):
 
 # ---------------------------------------------------------------------------
 # Output safety: what --overwrite may replace, one writer, leftovers of a kill.
+
 
 def tree(path):
     """Every file under ``path`` (relative) -> its bytes."""
@@ -540,7 +667,7 @@ def test_overwrite_replaces_only_a_dataset_of_ours(tmp_path, lines, case):
         (out / "notes.txt").write_text("mine")
         expected = "is not a dataset written by this converter (it holds notes.txt and no "
     elif case == "dataset plus a file":
-        convert.convert("kaggle", raw, out, max_ind_range=10)
+        convert.convert("kaggle", raw, out, max_ind_range=10, categorical="hash")
         (out / "mine.txt").write_text("mine")
         expected = "(it also holds mine.txt)"
     else:
@@ -548,17 +675,19 @@ def test_overwrite_replaces_only_a_dataset_of_ours(tmp_path, lines, case):
         expected = "exists and is not a directory"
     before = tree(tmp_path)
     with pytest.raises((convert.BadInputError, FileExistsError), match=re.escape(expected)):
-        convert.convert("kaggle", raw, out, max_ind_range=20, overwrite=True)
+        convert.convert("kaggle", raw, out, max_ind_range=20, categorical="hash", overwrite=True)
     assert tree(tmp_path) == before  # nothing deleted, moved or added (no hidden .old-*)
 
 
 def test_overwrite_replaces_a_dataset_and_removes_only_its_files(tmp_path, lines):
     raw = write_lines(tmp_path / "train.txt", lines[:100])
     out = tmp_path / "out"
-    convert.convert("kaggle", raw, out, max_ind_range=10, num_shards=3)
+    convert.convert("kaggle", raw, out, max_ind_range=10, categorical="hash", num_shards=3)
     umask = os.umask(0o022)
     try:
-        convert.convert("kaggle", raw, out, max_ind_range=20, num_shards=2, overwrite=True)
+        convert.convert(
+            "kaggle", raw, out, max_ind_range=20, categorical="hash", num_shards=2, overwrite=True
+        )
     finally:
         os.umask(umask)
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o755  # as any new directory, not mkdtemp's 0700
@@ -573,7 +702,8 @@ def _converter(raw, out, *extra):
     return subprocess.Popen(
         [
             sys.executable, "-m", "input_pipeline.convert", f"--raw_data_file={raw}",
-            f"--output_dir={out}", "--max_ind_range=50", "--num_shards=2", *extra,
+            f"--output_dir={out}", "--max_ind_range=50", "--categorical=hash", "--num_shards=2",
+            *extra,
         ],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
         env={**os.environ, "PYTHONPATH": REPO},
@@ -637,7 +767,7 @@ def test_rerun_after_kill_removes_only_its_own_leftovers(tmp_path, lines, caplog
     leftovers = glob.glob(str(tmp_path / ".out.tmp-*"))
     assert len(leftovers) == 1 and _lock_holder(out) == str(killed.pid)
     with caplog.at_level(logging.INFO):
-        convert.convert("kaggle", raw, out, max_ind_range=50, num_shards=2)
+        convert.convert("kaggle", raw, out, max_ind_range=50, categorical="hash", num_shards=2)
     assert sorted(os.listdir(tmp_path)) == [".other.tmp-keep", "out", "train.txt"]
     assert f"removed {leftovers[0]} (" in caplog.text
     assert f"lock left by {killed.pid} on " in caplog.text
@@ -652,9 +782,15 @@ def test_long_bad_lines_are_skipped_and_kept_short(tmp_path, lines):
     body[69] = "9" * (convert.MAX_LINE_BYTES + 10)  # the last line, no newline after it
     raw = write_lines(tmp_path / "train.txt", body, final_newline=False)
     with pytest.raises(convert.BadInputError, match=":4: line longer than 1048576 bytes"):
-        convert.convert("kaggle", raw, tmp_path / "strict", max_ind_range=10)
+        convert.convert("kaggle", raw, tmp_path / "strict", max_ind_range=10, categorical="hash")
     metadata = convert.convert(
-        "kaggle", raw, tmp_path / "out", max_ind_range=10, bad_lines="skip", data_randomize="none"
+        "kaggle",
+        raw,
+        tmp_path / "out",
+        max_ind_range=10,
+        categorical="hash",
+        bad_lines="skip",
+        data_randomize="none",
     )
     sizes, _ = reference_splits(70)  # the skipped lines keep their place in the split
     assert metadata["rows"] == {**sizes, "train": sizes["train"] - 3, "validation": 4}

@@ -32,8 +32,8 @@ def converted(tmp_path_factory):
     raw = root / "train.txt"
     raw.write_text("\n".join(lines) + "\n")
     convert.convert(
-        "kaggle", str(raw), root / "out", max_ind_range=RANGE, data_randomize="none",
-        num_shards=4, block_rows=100,
+        "kaggle", str(raw), root / "out", max_ind_range=RANGE, categorical="hash",
+        data_randomize="none", num_shards=4, block_rows=100,
     )  # fmt: skip
     return root / "out", oracle(lines)
 

@@ -851,3 +851,32 @@ def test_grpc_client_missing_inputs_file(tmp_path):
     result = run_module("export.grpc_client", f"--inputs={tmp_path / 'missing.npz'}")
     line = assert_one_error_line(result.returncode, result.stderr, "--inputs=")
     assert "missing.npz" in line and "No such file" in line
+
+
+@pytest.mark.parametrize("categorical", ["vocabulary", "hash"])
+def test_raw_signature_follows_the_categorical_mode(tmp_path, capsys, categorical):
+    """Data converted with --max_ind_range alone (vocabularies of the reduced values)
+    or with --categorical=hash: the exported raw signature serves a raw line as the
+    converter converted it."""
+    rng = np.random.default_rng(4)
+    rows = raw_rows(rng, category_pools(rng), NUM_RAW_LINES)
+    raw = tmp_path / "train.txt"
+    raw.write_text("".join("\t".join(["0", *row]) + "\n" for row in rows))
+    metadata = convert(
+        "kaggle", raw, tmp_path / "data", max_ind_range=1000, categorical=categorical,
+        data_randomize="none", num_shards=1,
+    )  # fmt: skip
+    if categorical == "hash":
+        assert metadata["table_sizes"] == [1000] * NUM_SPARSE
+    else:  # at most 5 values per feature, plus the out-of-vocabulary and missing ids
+        assert max(metadata["table_sizes"]) <= 7
+    model = build_model(small_config(metadata["table_sizes"]))
+    checkpoint = tmp_path / "model.keras"
+    model.save(checkpoint)
+    assert esm.main([f"--load_model={checkpoint}", f"--export_dir={tmp_path / 'serving'}",
+                     f"--processed_data_dir={metadata['data_dir']}"]) == 0
+    loaded = tf.saved_model.load(capsys.readouterr().out.strip().splitlines()[-1])
+    fields = np.array(rows[:8], dtype="S")
+    out = loaded.signatures[sig.PREDICT_RAW](fields=tf.constant(fields))["probability"]
+    dense, ids = converted_train_rows(metadata, 8)
+    np.testing.assert_allclose(out.numpy(), keras_predict(model, dense, ids), atol=TOL)

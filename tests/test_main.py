@@ -1,5 +1,6 @@
 """The CLI: the reference's tiny run end to end, and clear errors for bad flags."""
 
+import glob
 import os
 import re
 import subprocess
@@ -157,7 +158,7 @@ def test_natural_mistakes_end_in_one_error_line(tmp_path):
     raw = tmp_path / "train.txt"
     synthetic.write_text(str(raw), num_rows=300, seed=1)
     data = tmp_path / "data"
-    convert.convert("kaggle", raw, data, max_ind_range=50, num_shards=1)
+    convert.convert("kaggle", raw, data, max_ind_range=50, categorical="hash", num_shards=1)
     metadata = json.loads((data / "metadata.json").read_text())
     metadata["table_sizes"][4] = 3  # the shards hold ids up to 49 in table 4
     (data / "metadata.json").write_text(json.dumps(metadata))
@@ -337,6 +338,8 @@ def test_one_command_shuffles_and_sub_samples_as_the_converter_does(cli, tmp_pat
     train = labels[:1200]
     negatives, positives = train.count("0"), train.count("1")
     assert positives + 0.35 * negatives < rows["train"] < positives + 0.65 * negatives
+
+
 def test_help_lists_the_programs_own_flags_and_leaves_the_rest_to_helpfull():
     short = run_cli("--help", cwd=ROOT)
     full = run_cli("--helpfull", cwd=ROOT)
@@ -346,3 +349,64 @@ def test_help_lists_the_programs_own_flags_and_leaves_the_rest_to_helpfull():
     assert ours == project, sorted(ours ^ project)
     # TensorFlow's and absl's own flags only with --helpfull.
     assert {"logtostderr", "op_conversion_fallback_to_while_loop"} <= everything - ours
+
+
+def run_in_process(capsys, *args):
+    """main() in-process with the given flags; returns (exit code, stdout, stderr)."""
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS(["dlrm", *args])
+        code = main_module.main([])
+    finally:
+        flags.FLAGS.unparse_flags()
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def planned_sizes(stdout):
+    """The checkpoint and export sizes the run's memory plan printed, in bytes."""
+    (line,) = [ln for ln in stdout.splitlines() if ln.startswith("Memory plan: ")]
+    units = {"MiB": 2**20, "GiB": 2**30}
+    sizes = re.findall(r"(?:backup\)|\(--export_dir\)) (\d+\.\d+) (MiB|GiB)", line)
+    return [float(value) * units[unit] for value, unit in sizes]
+
+
+def tree_bytes(path):
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+
+
+def test_run_prints_a_memory_plan_its_files_fit(capsys, tmp_path):
+    """What a run writes (best model, each backup, the export) fits the plan it printed."""
+    flagfile = os.path.join(ROOT, "configs", "tiny.flags")
+    code, out, err = run_in_process(
+        capsys, f"--flagfile={flagfile}", f"--run_dir={tmp_path}/run", "--optimizer=adagrad",
+        "--arch_embedding_size=40000-30000-20000", "--test_freq=3",
+        f"--save_model={tmp_path}/best.keras", f"--backup_dir={tmp_path}/backup",
+        "--backup_every=1", f"--export_dir={tmp_path}/export", "--plot=false",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "tables 90,000 rows x 2 = 0.7 MiB, their adagrad slots 0.7 MiB" in out
+    checkpoint, export = planned_sizes(out)
+    backups = glob.glob(f"{tmp_path}/backup/ckpt-*.data-*")
+    assert backups
+    for backup in backups:
+        assert os.path.getsize(backup) < checkpoint
+    assert os.path.getsize(tmp_path / "best.keras") < checkpoint
+    assert tree_bytes(tmp_path / "export" / "1") < export
+
+
+def test_too_little_disk_space_refuses_to_start(capsys, tmp_path, monkeypatch):
+    from dlrm_tf import memory
+
+    monkeypatch.setattr(memory, "free_bytes", lambda path: 100_000)
+    flagfile = os.path.join(ROOT, "configs", "tiny.flags")
+    target = tmp_path / "models" / "best.keras"
+    code, out, err = run_in_process(
+        capsys, f"--flagfile={flagfile}", f"--run_dir={tmp_path}/run", f"--save_model={target}",
+    )  # fmt: skip
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"error: --save_model={target}: its file system (at {tmp_path})")
+    assert "has 0.1 MiB free, the run will write 1.0 MiB there" in line
+    assert "Memory plan: " in out and "Finished training" not in out
+    assert sorted(os.listdir(tmp_path)) == []

@@ -43,8 +43,6 @@ def test_real_data_commands_run_on_generated_files(tmp_path):
     for cmd in commands:
         cmd = [sys.executable, *cmd[1:]]
         cmd = [a.replace("configs/", f"{ROOT}/configs/") for a in cmd]
-        if "--processed_data_dir=data/terabyte" in cmd:
-            cmd.append("--max_ind_range=1000")  # 26 x 10M rows would not fit a test
         cmd += [*TINY, f"--run_dir={tmp_path}/runs", f"--save_model={tmp_path}/best.keras"]
         proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=600)  # fmt: skip
@@ -56,5 +54,7 @@ def test_real_data_commands_run_on_generated_files(tmp_path):
     assert kaggle["data_set"] == "kaggle" and terabyte["data_set"] == "terabyte"
     assert sum(kaggle["rows"].values()) == len(lines)  # every line of train.txt
     # Terabyte: the flag file's --data_sub_sample_rate=0.875 drops training negatives.
-    assert terabyte["table_sizes"] == [1000] * 26
     assert sum(terabyte["rows"].values()) < len(lines)
+    # Tables of the values the data holds, even with --max_ind_range=10000000.
+    for metadata in (kaggle, terabyte):
+        assert max(metadata["table_sizes"]) <= len(lines) + 2
