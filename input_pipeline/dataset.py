@@ -12,27 +12,21 @@ shuffle buffer, and rows are permuted within groups of ``shuffle_blocks`` blocks
 before batching, so a batch mixes rows of several shards. Without shuffling, and
 with at most 64 shards per pipeline, rows come in the converter's order.
 
-Checks that cost almost nothing: ``read_metadata`` checks the format version,
-that every recorded path stays inside the dataset directory, that the shard
-list, its per-shard row and block counts and the split's row total agree with
-the converter's layout (an inflated ``rows`` or a removed shard entry fails,
-naming it), and that every listed shard exists with its recorded size (a
-truncated shard fails there, naming it); every block's ids are compared with
+Checks that cost almost nothing: ``metadata.read`` checks the metadata and the
+shard files against it (see that module); every block's ids are compared with
 ``table_sizes`` (an id out of range fails, naming the shard); each shard must
 yield exactly its recorded number of blocks (a corrupt record fails, naming the shard).
 """
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any
 
 import tensorflow as tf
 
-from input_pipeline import criteo, safe_files
+from input_pipeline import criteo
+from input_pipeline.metadata import read as read_metadata
 
-SUPPORTED_FORMAT_VERSIONS = (1,)
 SPLIT_NAMES = ("train", "test", "validation")
 _MAX_ORDERED_CYCLE = 64
 _BLOCK_SPEC = {
@@ -43,94 +37,6 @@ _BLOCK_SPEC = {
 }
 
 
-def read_metadata(data_dir: str | os.PathLike) -> dict[str, Any]:
-    """Reads and checks ``data_dir/metadata.json``.
-
-    Checks the format version, the table sizes and that every listed shard exists
-    with the recorded size. Adds ``data_dir`` (absolute path) to the returned dict.
-
-    Raises:
-      FileNotFoundError: no metadata.json, or a listed shard is missing.
-      ValueError: unsupported format, inconsistent metadata, or a shard whose size
-        differs from the recorded one (truncated or modified).
-    """
-    data_dir = os.path.abspath(os.fspath(data_dir))
-    path = os.path.join(data_dir, "metadata.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path} not found: {data_dir} is not a converted dataset "
-            "(make one with python -m input_pipeline.convert)"
-        )
-    try:
-        with open(path, encoding="utf-8") as f:
-            metadata = json.load(f)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
-    version = metadata.get("format_version")
-    if version not in SUPPORTED_FORMAT_VERSIONS:
-        raise ValueError(
-            f"{path}: format_version {version!r} is not supported "
-            f"(this reader reads {SUPPORTED_FORMAT_VERSIONS})"
-        )
-    for key in ("num_dense", "num_sparse", "table_sizes", "shards", "record_format"):
-        if key not in metadata:
-            raise ValueError(f"{path}: missing key {key!r}")
-    if (metadata["num_dense"], metadata["num_sparse"]) != (criteo.NUM_DENSE, criteo.NUM_SPARSE):
-        raise ValueError(f"{path}: expected 13 dense and 26 sparse features")
-    sizes = metadata["table_sizes"]
-    if len(sizes) != criteo.NUM_SPARSE or any(int(s) < 1 for s in sizes):
-        raise ValueError(f"{path}: table_sizes must be 26 positive ints, got {sizes}")
-    for relative in metadata.get("vocabulary_files") or []:
-        safe_files.confined(data_dir, relative, f"{path}: vocabulary file")
-    for split, shards in metadata["shards"].items():
-        _check_split_layout(path, metadata, split)
-        for shard in shards:
-            shard_path = safe_files.confined(data_dir, shard["file"], f"{path}: {split} shard")
-            if not os.path.isfile(shard_path):
-                raise FileNotFoundError(f"{path}: {split} shard {shard_path} is missing")
-            actual = os.path.getsize(shard_path)
-            if actual != shard["bytes"]:
-                raise ValueError(
-                    f"shard {shard_path} has {actual} bytes but {path} records {shard['bytes']}"
-                    " (truncated or modified)"
-                )
-    metadata["data_dir"] = data_dir
-    return metadata
-
-
-def _check_split_layout(path: str, metadata: dict[str, Any], split: str) -> None:
-    """The split's shard list against the converter's layout: ``num_shards``
-    entries, block ``k`` of the split in shard ``k % num_shards``, every block
-    full but the split's last, and the rows summing to the split's ``rows``."""
-    shards = metadata["shards"][split]
-    rows = metadata.get("rows", {}).get(split)
-    block_rows = int(metadata.get("block_rows", 0))
-    count = int(metadata.get("num_shards", len(shards)))
-    if len(shards) != count:
-        raise ValueError(
-            f"{path}: {split} lists {len(shards)} shards, num_shards is {count} "
-            "(an entry was removed or added): convert the data again"
-        )
-    listed = sum(int(s["rows"]) for s in shards)
-    if rows is not None and int(rows) != listed:
-        raise ValueError(
-            f"{path}: rows[{split!r}] = {rows} but its shards record {listed} rows "
-            "(metadata modified): convert the data again"
-        )
-    if block_rows < 1:
-        return
-    blocks = -(-listed // block_rows)
-    for index, shard in enumerate(shards):
-        expected_blocks = (blocks - index + count - 1) // count
-        expected_rows = expected_blocks * block_rows
-        if blocks and (blocks - 1) % count == index:
-            expected_rows -= blocks * block_rows - listed
-        if (int(shard["blocks"]), int(shard["rows"])) != (expected_blocks, expected_rows):
-            raise ValueError(
-                f"{path}: shard {shard['file']} records {shard['blocks']} blocks and "
-                f"{shard['rows']} rows; the split's layout gives {expected_blocks} and "
-                f"{expected_rows} (metadata modified): convert the data again"
-            )
 
 
 def _parse_block(
