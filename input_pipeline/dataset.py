@@ -20,11 +20,13 @@ yield exactly its recorded number of blocks (a corrupt record fails, naming the 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import tensorflow as tf
 
 from input_pipeline import criteo
+from input_pipeline.metadata import Metadata
 from input_pipeline.metadata import read as read_metadata
 
 SPLIT_NAMES = ("train", "test", "validation")
@@ -35,8 +37,6 @@ _BLOCK_SPEC = {
     "dense": tf.io.FixedLenFeature([], tf.string),
     "ids": tf.io.FixedLenFeature([], tf.string),
 }
-
-
 
 
 def _parse_block(
@@ -153,57 +153,24 @@ def make_dataset(
         raise ValueError(f"Unknown split {split!r}; {data_dir} has {sorted(metadata['shards'])}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    shards = metadata["shards"][split]
-    files = [os.path.join(metadata["data_dir"], s["file"]) for s in shards]
-    blocks = [int(s["blocks"]) for s in shards]
-    pipelines, pipeline_id = 1, 0
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(batch_size)
-        pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
-    shard_blocks = pipelines > 1 and len(files) < pipelines
-    if pipelines > 1 and not shard_blocks:
-        files, blocks = files[pipeline_id::pipelines], blocks[pipeline_id::pipelines]
-    compression = "GZIP" if metadata.get("compression") == "gzip" else ""
-    id_dtype = tf.as_dtype(metadata["record_format"]["id_dtype"])
-    table_sizes = tf.constant(metadata["table_sizes"], tf.int64)
-
-    shard_list = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(files, tf.string), tf.constant(blocks, tf.int64))
-    )
     # A seeded order is a function of the seed alone, however often the dataset is
     # iterated (Keras may open an iterator before training's); each epoch gets its seed.
-    reshuffle = seed is None or repeat
-    if shuffle:
-        shard_list = shard_list.shuffle(len(files), seed=seed, reshuffle_each_iteration=reshuffle)
-    cycle = max(1, len(files) if not shuffle else min(len(files), 16))
-    records = shard_list.interleave(
-        lambda path, count: _read_shard(path, count, compression),
-        cycle_length=min(cycle, _MAX_ORDERED_CYCLE),
-        block_length=1,
-        num_parallel_calls=num_parallel_reads,
-        deterministic=not shuffle or seed is not None,
-    )
-    if shard_blocks:
-        records = records.shard(pipelines, pipeline_id)
+    order = _Order(shuffle, seed, reshuffle=seed is None or repeat)
+    records = _records(metadata, split, input_context, order, num_parallel_reads)
     if repeat:
         records = records.repeat()
+    table_sizes = tf.constant(metadata["table_sizes"], tf.int64)
+    id_dtype = tf.as_dtype(metadata["record_format"]["id_dtype"])
     columns = records.map(
         lambda record, path: _parse_block(record, path, table_sizes, id_dtype),
         num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=not shuffle or seed is not None,
+        deterministic=order.deterministic,
     )
     if shuffle:
-        columns = columns.shuffle(
-            2 * shuffle_blocks, seed=seed, reshuffle_each_iteration=reshuffle
-        )
         group_rows = shuffle_blocks * int(metadata.get("block_rows", 4096))
-        columns = columns.rebatch(group_rows)
-        # Per-group seeds derived from the element count keep a seeded run reproducible.
-        columns = columns.enumerate().map(
-            lambda index, cols: _permute_rows(cols, seed, index),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=seed is not None,
-        )
+        columns = _shuffle_rows(columns, order, shuffle_blocks, group_rows)
     batches = columns.rebatch(batch_size, drop_remainder=drop_remainder)
 
     def to_features(label: tf.Tensor, dense: tf.Tensor, ids: tf.Tensor) -> tuple[dict, tf.Tensor]:
@@ -211,6 +178,73 @@ def make_dataset(
         return {"dense_features": dense, "sparse_features": sparse}, label
 
     return batches.map(to_features, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Order:
+    """How a pipeline orders its rows: shuffled or not, seeded or not."""
+
+    shuffle: bool
+    seed: int | None
+    reshuffle: bool  # a new order each iteration
+
+    @property
+    def deterministic(self) -> bool:
+        return not self.shuffle or self.seed is not None
+
+
+def _records(
+    metadata: Metadata,
+    split: str,
+    input_context: tf.distribute.InputContext | None,
+    order: _Order,
+    num_parallel_reads: int,
+) -> tf.data.Dataset:
+    """``(record, shard path)`` of this input pipeline's part of the split: whole
+    shards per pipeline, or every n-th block when there are fewer shards than
+    pipelines."""
+    shards = metadata["shards"][split]
+    files = [os.path.join(metadata["data_dir"], s["file"]) for s in shards]
+    blocks = [int(s["blocks"]) for s in shards]
+    pipelines, pipeline_id = 1, 0
+    if input_context is not None:
+        pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
+    shard_blocks = pipelines > 1 and len(files) < pipelines
+    if pipelines > 1 and not shard_blocks:
+        files, blocks = files[pipeline_id::pipelines], blocks[pipeline_id::pipelines]
+    compression = "GZIP" if metadata.get("compression") == "gzip" else ""
+    shard_list = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(files, tf.string), tf.constant(blocks, tf.int64))
+    )
+    if order.shuffle:
+        shard_list = shard_list.shuffle(
+            len(files), seed=order.seed, reshuffle_each_iteration=order.reshuffle
+        )
+    cycle = max(1, len(files) if not order.shuffle else min(len(files), 16))
+    records = shard_list.interleave(
+        lambda path, count: _read_shard(path, count, compression),
+        cycle_length=min(cycle, _MAX_ORDERED_CYCLE),
+        block_length=1,
+        num_parallel_calls=num_parallel_reads,
+        deterministic=order.deterministic,
+    )
+    return records.shard(pipelines, pipeline_id) if shard_blocks else records
+
+
+def _shuffle_rows(
+    columns: tf.data.Dataset, order: _Order, shuffle_blocks: int, group_rows: int
+) -> tf.data.Dataset:
+    """Blocks through a shuffle buffer, then rows permuted within groups of blocks."""
+    columns = columns.shuffle(
+        2 * shuffle_blocks, seed=order.seed, reshuffle_each_iteration=order.reshuffle
+    )
+    columns = columns.rebatch(group_rows)
+    # Per-group seeds derived from the element count keep a seeded run reproducible.
+    return columns.enumerate().map(
+        lambda index, cols: _permute_rows(cols, order.seed, index),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=order.seed is not None,
+    )
 
 
 def _permute_rows(

@@ -292,6 +292,20 @@ def convert(
     bad = BadLines(bad_lines)
     output_dir = os.path.abspath(os.fspath(output_dir))
     sources = resolve_sources(data_set, raw_data_file)
+    written = _convert_and_publish(output_dir, sources, run_settings, bad, overwrite)
+    logging.info("Wrote %s: %s", output_dir, written["rows"])
+    return {**written, "data_dir": output_dir}
+
+
+def _convert_and_publish(
+    output_dir: str,
+    sources: list[Source],
+    run_settings: Settings,
+    bad: BadLines,
+    overwrite: bool,
+) -> metadata.Metadata:
+    """Converts into a temporary directory next to ``output_dir`` under the
+    output's lock, then publishes it as ``output_dir`` (nothing on failure)."""
     check_output(output_dir, sources, overwrite)
     parent, name = os.path.split(output_dir)
     os.makedirs(parent, exist_ok=True)
@@ -309,5 +323,4 @@ def convert(
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
-    logging.info("Wrote %s: %s", output_dir, written["rows"])
-    return {**written, "data_dir": output_dir}
+    return written
