@@ -116,36 +116,42 @@ class DLRMServingModule(tf.Module):
         self.serve_raw = None
         self.raw_preprocessor = None
         if raw_preprocessor is not None:
-            raw_sizes = getattr(raw_preprocessor, "table_sizes", None)
-            if raw_sizes is not None and tuple(int(n) for n in raw_sizes) != table_sizes:
-                raise ValueError(
-                    f"the raw preprocessor's table sizes {tuple(int(n) for n in raw_sizes)} "
-                    f"differ from the model's {table_sizes}: the model was trained on "
-                    "another vocabulary"
-                )
-            self.raw_preprocessor = raw_preprocessor
-            # Lookup tables built from files track them already; this also copies
-            # vocabularies a preprocessor keeps only in memory (same path: one copy).
-            self.assets = [tf.saved_model.Asset(p) for p in _asset_paths(raw_preprocessor)]
-            num_fields = num_dense + num_tables
+            self._add_raw_signature(raw_preprocessor, predict)
 
-            @tf.function(
-                input_signature=[tf.TensorSpec([None, num_fields], tf.string, name=FIELDS_KEY)],
-                autograph=False,
+    def _add_raw_signature(self, raw_preprocessor: RawPreprocessorLike, predict: Any) -> None:
+        """``serve_raw``: raw Criteo fields preprocessed in the graph, then ``predict``."""
+        num_dense, table_sizes = self.num_dense, self.table_sizes
+        num_tables = len(table_sizes)
+        raw_sizes = getattr(raw_preprocessor, "table_sizes", None)
+        if raw_sizes is not None and tuple(int(n) for n in raw_sizes) != table_sizes:
+            raise ValueError(
+                f"the raw preprocessor's table sizes {tuple(int(n) for n in raw_sizes)} "
+                f"differ from the model's {table_sizes}: the model was trained on "
+                "another vocabulary"
             )
-            def serve_raw(fields: tf.Tensor):
-                fields = _check_fields(fields, num_fields)
-                dense, ids = raw_preprocessor(fields)
-                if dense.shape[-1] != num_dense or ids.shape[-1] != num_tables:
-                    raise ValueError(
-                        f"the raw preprocessor gives dense {dense.shape} and ids {ids.shape}; "
-                        f"the model takes {num_dense} dense features and {num_tables} tables"
-                    )
-                return predict(tf.cast(dense, tf.float32), tf.cast(ids, tf.int64))
+        self.raw_preprocessor = raw_preprocessor
+        # Lookup tables built from files track them already; this also copies
+        # vocabularies a preprocessor keeps only in memory (same path: one copy).
+        self.assets = [tf.saved_model.Asset(p) for p in _asset_paths(raw_preprocessor)]
+        num_fields = num_dense + num_tables
 
-            self.serve_raw = serve_raw
-            # Trace now so that a preprocessor that does not fit fails here, not at save.
-            serve_raw.get_concrete_function()
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, num_fields], tf.string, name=FIELDS_KEY)],
+            autograph=False,
+        )
+        def serve_raw(fields: tf.Tensor):
+            fields = _check_fields(fields, num_fields)
+            dense, ids = raw_preprocessor(fields)
+            if dense.shape[-1] != num_dense or ids.shape[-1] != num_tables:
+                raise ValueError(
+                    f"the raw preprocessor gives dense {dense.shape} and ids {ids.shape}; "
+                    f"the model takes {num_dense} dense features and {num_tables} tables"
+                )
+            return predict(tf.cast(dense, tf.float32), tf.cast(ids, tf.int64))
+
+        self.serve_raw = serve_raw
+        # Trace now so that a preprocessor that does not fit fails here, not at save.
+        serve_raw.get_concrete_function()
 
     def signatures(self) -> dict[str, Any]:
         """The signature map for ``tf.saved_model.save``: name -> concrete function."""

@@ -30,7 +30,6 @@ cannot drift apart.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -165,15 +164,6 @@ def parse_labels(values: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.cast(positive, tf.int32), positive | tf.equal(values, "0")
 
 
-def load_metadata_json(data_dir: str) -> dict[str, Any]:
-    """Reads ``data_dir/metadata.json`` as written by the converter (no validation)."""
-    path = os.path.join(data_dir, "metadata.json")
-    with open(path, encoding="utf-8") as f:
-        metadata = json.load(f)
-    metadata["data_dir"] = os.path.abspath(data_dir)  # never a path the file names
-    return metadata
-
-
 def count_lines(path: str) -> int:
     """Number of lines of a text file (a last line without newline counts)."""
     lines, last = 0, b"\n"
@@ -260,13 +250,15 @@ class RawPreprocessor(tf.Module):
 
         Args:
           data_dir_or_metadata: the converted data directory, or its metadata dict
-            (as returned by ``dataset.read_metadata`` or ``convert.convert``; relative
+            (as returned by ``metadata.read`` or ``convert.convert``; relative
             vocabulary paths resolve against its ``data_dir`` entry).
         """
         if isinstance(data_dir_or_metadata, Mapping):
             metadata = data_dir_or_metadata
         else:
-            metadata = load_metadata_json(os.fspath(data_dir_or_metadata))
+            from input_pipeline import metadata as metadata_file  # it imports this module
+
+            metadata = metadata_file.read(data_dir_or_metadata, check_files=False)
         settings = metadata["preprocessing"]
         vocabulary = metadata.get("vocabulary_files")
         if vocabulary:

@@ -12,28 +12,24 @@ shuffle buffer, and rows are permuted within groups of ``shuffle_blocks`` blocks
 before batching, so a batch mixes rows of several shards. Without shuffling, and
 with at most 64 shards per pipeline, rows come in the converter's order.
 
-Checks that cost almost nothing: ``read_metadata`` checks the format version,
-that every recorded path stays inside the dataset directory, that the shard
-list, its per-shard row and block counts and the split's row total agree with
-the converter's layout (an inflated ``rows`` or a removed shard entry fails,
-naming it), and that every listed shard exists with its recorded size (a
-truncated shard fails there, naming it); every block's ids are compared with
+Checks that cost almost nothing: ``metadata.read`` checks the metadata and the
+shard files against it (see that module); every block's ids are compared with
 ``table_sizes`` (an id out of range fails, naming the shard); each shard must
 yield exactly its recorded number of blocks (a corrupt record fails, naming the shard).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
-from typing import Any
 
 import tensorflow as tf
 
-from input_pipeline import criteo, safe_files
+from input_pipeline import criteo
 from input_pipeline.features import DENSE_KEY, SPARSE_KEY
+from input_pipeline.metadata import Metadata
+from input_pipeline.metadata import read as read_metadata
 
-SUPPORTED_FORMAT_VERSIONS = (1,)
 SPLIT_NAMES = ("train", "test", "validation")
 _MAX_ORDERED_CYCLE = 64
 _BLOCK_SPEC = {
@@ -42,96 +38,6 @@ _BLOCK_SPEC = {
     "dense": tf.io.FixedLenFeature([], tf.string),
     "ids": tf.io.FixedLenFeature([], tf.string),
 }
-
-
-def read_metadata(data_dir: str | os.PathLike) -> dict[str, Any]:
-    """Reads and checks ``data_dir/metadata.json``.
-
-    Checks the format version, the table sizes and that every listed shard exists
-    with the recorded size. Adds ``data_dir`` (absolute path) to the returned dict.
-
-    Raises:
-      FileNotFoundError: no metadata.json, or a listed shard is missing.
-      ValueError: unsupported format, inconsistent metadata, or a shard whose size
-        differs from the recorded one (truncated or modified).
-    """
-    data_dir = os.path.abspath(os.fspath(data_dir))
-    path = os.path.join(data_dir, "metadata.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path} not found: {data_dir} is not a converted dataset "
-            "(make one with python -m input_pipeline.convert)"
-        )
-    try:
-        with open(path, encoding="utf-8") as f:
-            metadata = json.load(f)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
-    version = metadata.get("format_version")
-    if version not in SUPPORTED_FORMAT_VERSIONS:
-        raise ValueError(
-            f"{path}: format_version {version!r} is not supported "
-            f"(this reader reads {SUPPORTED_FORMAT_VERSIONS})"
-        )
-    for key in ("num_dense", "num_sparse", "table_sizes", "shards", "record_format"):
-        if key not in metadata:
-            raise ValueError(f"{path}: missing key {key!r}")
-    if (metadata["num_dense"], metadata["num_sparse"]) != (criteo.NUM_DENSE, criteo.NUM_SPARSE):
-        raise ValueError(f"{path}: expected 13 dense and 26 sparse features")
-    sizes = metadata["table_sizes"]
-    if len(sizes) != criteo.NUM_SPARSE or any(int(s) < 1 for s in sizes):
-        raise ValueError(f"{path}: table_sizes must be 26 positive ints, got {sizes}")
-    for relative in metadata.get("vocabulary_files") or []:
-        safe_files.confined(data_dir, relative, f"{path}: vocabulary file")
-    for split, shards in metadata["shards"].items():
-        _check_split_layout(path, metadata, split)
-        for shard in shards:
-            shard_path = safe_files.confined(data_dir, shard["file"], f"{path}: {split} shard")
-            if not os.path.isfile(shard_path):
-                raise FileNotFoundError(f"{path}: {split} shard {shard_path} is missing")
-            actual = os.path.getsize(shard_path)
-            if actual != shard["bytes"]:
-                raise ValueError(
-                    f"shard {shard_path} has {actual} bytes but {path} records {shard['bytes']}"
-                    " (truncated or modified)"
-                )
-    metadata["data_dir"] = data_dir
-    return metadata
-
-
-def _check_split_layout(path: str, metadata: dict[str, Any], split: str) -> None:
-    """The split's shard list against the converter's layout: ``num_shards``
-    entries, block ``k`` of the split in shard ``k % num_shards``, every block
-    full but the split's last, and the rows summing to the split's ``rows``."""
-    shards = metadata["shards"][split]
-    rows = metadata.get("rows", {}).get(split)
-    block_rows = int(metadata.get("block_rows", 0))
-    count = int(metadata.get("num_shards", len(shards)))
-    if len(shards) != count:
-        raise ValueError(
-            f"{path}: {split} lists {len(shards)} shards, num_shards is {count} "
-            "(an entry was removed or added): convert the data again"
-        )
-    listed = sum(int(s["rows"]) for s in shards)
-    if rows is not None and int(rows) != listed:
-        raise ValueError(
-            f"{path}: rows[{split!r}] = {rows} but its shards record {listed} rows "
-            "(metadata modified): convert the data again"
-        )
-    if block_rows < 1:
-        return
-    blocks = -(-listed // block_rows)
-    for index, shard in enumerate(shards):
-        expected_blocks = (blocks - index + count - 1) // count
-        expected_rows = expected_blocks * block_rows
-        if blocks and (blocks - 1) % count == index:
-            expected_rows -= blocks * block_rows - listed
-        if (int(shard["blocks"]), int(shard["rows"])) != (expected_blocks, expected_rows):
-            raise ValueError(
-                f"{path}: shard {shard['file']} records {shard['blocks']} blocks and "
-                f"{shard['rows']} rows; the split's layout gives {expected_blocks} and "
-                f"{expected_rows} (metadata modified): convert the data again"
-            )
 
 
 def _parse_block(
@@ -248,57 +154,24 @@ def make_dataset(
         raise ValueError(f"Unknown split {split!r}; {data_dir} has {sorted(metadata['shards'])}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    shards = metadata["shards"][split]
-    files = [os.path.join(metadata["data_dir"], s["file"]) for s in shards]
-    blocks = [int(s["blocks"]) for s in shards]
-    pipelines, pipeline_id = 1, 0
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(batch_size)
-        pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
-    shard_blocks = pipelines > 1 and len(files) < pipelines
-    if pipelines > 1 and not shard_blocks:
-        files, blocks = files[pipeline_id::pipelines], blocks[pipeline_id::pipelines]
-    compression = "GZIP" if metadata.get("compression") == "gzip" else ""
-    id_dtype = tf.as_dtype(metadata["record_format"]["id_dtype"])
-    table_sizes = tf.constant(metadata["table_sizes"], tf.int64)
-
-    shard_list = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(files, tf.string), tf.constant(blocks, tf.int64))
-    )
     # A seeded order is a function of the seed alone, however often the dataset is
     # iterated (Keras may open an iterator before training's); each epoch gets its seed.
-    reshuffle = seed is None or repeat
-    if shuffle:
-        shard_list = shard_list.shuffle(len(files), seed=seed, reshuffle_each_iteration=reshuffle)
-    cycle = max(1, len(files) if not shuffle else min(len(files), 16))
-    records = shard_list.interleave(
-        lambda path, count: _read_shard(path, count, compression),
-        cycle_length=min(cycle, _MAX_ORDERED_CYCLE),
-        block_length=1,
-        num_parallel_calls=num_parallel_reads,
-        deterministic=not shuffle or seed is not None,
-    )
-    if shard_blocks:
-        records = records.shard(pipelines, pipeline_id)
+    order = _Order(shuffle, seed, reshuffle=seed is None or repeat)
+    records = _records(metadata, split, input_context, order, num_parallel_reads)
     if repeat:
         records = records.repeat()
+    table_sizes = tf.constant(metadata["table_sizes"], tf.int64)
+    id_dtype = tf.as_dtype(metadata["record_format"]["id_dtype"])
     columns = records.map(
         lambda record, path: _parse_block(record, path, table_sizes, id_dtype),
         num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=not shuffle or seed is not None,
+        deterministic=order.deterministic,
     )
     if shuffle:
-        columns = columns.shuffle(
-            2 * shuffle_blocks, seed=seed, reshuffle_each_iteration=reshuffle
-        )
         group_rows = shuffle_blocks * int(metadata.get("block_rows", 4096))
-        columns = columns.rebatch(group_rows)
-        # Per-group seeds derived from the element count keep a seeded run reproducible.
-        columns = columns.enumerate().map(
-            lambda index, cols: _permute_rows(cols, seed, index),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=seed is not None,
-        )
+        columns = _shuffle_rows(columns, order, shuffle_blocks, group_rows)
     batches = columns.rebatch(batch_size, drop_remainder=drop_remainder)
 
     def to_features(label: tf.Tensor, dense: tf.Tensor, ids: tf.Tensor) -> tuple[dict, tf.Tensor]:
@@ -306,6 +179,73 @@ def make_dataset(
         return {DENSE_KEY: dense, SPARSE_KEY: sparse}, label
 
     return batches.map(to_features, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Order:
+    """How a pipeline orders its rows: shuffled or not, seeded or not."""
+
+    shuffle: bool
+    seed: int | None
+    reshuffle: bool  # a new order each iteration
+
+    @property
+    def deterministic(self) -> bool:
+        return not self.shuffle or self.seed is not None
+
+
+def _records(
+    metadata: Metadata,
+    split: str,
+    input_context: tf.distribute.InputContext | None,
+    order: _Order,
+    num_parallel_reads: int,
+) -> tf.data.Dataset:
+    """``(record, shard path)`` of this input pipeline's part of the split: whole
+    shards per pipeline, or every n-th block when there are fewer shards than
+    pipelines."""
+    shards = metadata["shards"][split]
+    files = [os.path.join(metadata["data_dir"], s["file"]) for s in shards]
+    blocks = [int(s["blocks"]) for s in shards]
+    pipelines, pipeline_id = 1, 0
+    if input_context is not None:
+        pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
+    shard_blocks = pipelines > 1 and len(files) < pipelines
+    if pipelines > 1 and not shard_blocks:
+        files, blocks = files[pipeline_id::pipelines], blocks[pipeline_id::pipelines]
+    compression = "GZIP" if metadata.get("compression") == "gzip" else ""
+    shard_list = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(files, tf.string), tf.constant(blocks, tf.int64))
+    )
+    if order.shuffle:
+        shard_list = shard_list.shuffle(
+            len(files), seed=order.seed, reshuffle_each_iteration=order.reshuffle
+        )
+    cycle = max(1, len(files) if not order.shuffle else min(len(files), 16))
+    records = shard_list.interleave(
+        lambda path, count: _read_shard(path, count, compression),
+        cycle_length=min(cycle, _MAX_ORDERED_CYCLE),
+        block_length=1,
+        num_parallel_calls=num_parallel_reads,
+        deterministic=order.deterministic,
+    )
+    return records.shard(pipelines, pipeline_id) if shard_blocks else records
+
+
+def _shuffle_rows(
+    columns: tf.data.Dataset, order: _Order, shuffle_blocks: int, group_rows: int
+) -> tf.data.Dataset:
+    """Blocks through a shuffle buffer, then rows permuted within groups of blocks."""
+    columns = columns.shuffle(
+        2 * shuffle_blocks, seed=order.seed, reshuffle_each_iteration=order.reshuffle
+    )
+    columns = columns.rebatch(group_rows)
+    # Per-group seeds derived from the element count keep a seeded run reproducible.
+    return columns.enumerate().map(
+        lambda index, cols: _permute_rows(cols, order.seed, index),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=order.seed is not None,
+    )
 
 
 def _permute_rows(

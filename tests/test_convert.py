@@ -1,4 +1,4 @@
-"""Tests of the raw -> TFRecord converter (input_pipeline/convert.py).
+"""Tests of the raw -> TFRecord converter (the input_pipeline.convert package).
 
 Every converted value is checked against an independent pure-Python parse of
 the same lines, and shards are read back without the project's reader.
@@ -24,6 +24,8 @@ import tensorflow as tf
 from cli_check import REPO, assert_one_error_line, run_module
 
 from input_pipeline import convert, criteo, synthetic
+from input_pipeline.convert import records as record_encoding
+from input_pipeline.convert import spill
 
 # ---------------------------------------------------------------------------
 # Independent oracle and shard reader.
@@ -384,13 +386,13 @@ def test_randomize_is_a_permutation_of_training_rows(tmp_path, raw_file, lines, 
 
 
 def test_shuffle_buckets_split_when_too_large(tmp_path, raw_file, lines, monkeypatch):
-    monkeypatch.setattr(convert, "SPILL_BUCKET_ROWS", 100)
-    monkeypatch.setattr(convert, "SPILL_BUFFER_BYTES", 10_000)
+    monkeypatch.setattr(spill, "SPILL_BUCKET_ROWS", 100)
+    monkeypatch.setattr(spill, "SPILL_BUFFER_BYTES", 10_000)
     sizes, _ = reference_splits(len(lines))
     # Too few buckets planned: the spill must split them again.
-    original = convert._ShuffleSpill.start_group
+    original = spill.ShuffleSpill.start_group
     monkeypatch.setattr(
-        convert._ShuffleSpill,
+        spill.ShuffleSpill,
         "start_group",
         lambda self, group, rows: original(self, group, rows // 20),
     )
@@ -573,7 +575,7 @@ def test_failure_leaves_no_output_and_keeps_existing(tmp_path, raw_file, monkeyp
     before = {p: (out / p).read_bytes() for p in os.listdir(out)}
 
     calls = []
-    real = convert.serialize_block
+    real = record_encoding.serialize_block
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -581,7 +583,7 @@ def test_failure_leaves_no_output_and_keeps_existing(tmp_path, raw_file, monkeyp
             raise OSError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(convert, "serialize_block", failing)
+    monkeypatch.setattr(record_encoding, "serialize_block", failing)
     with pytest.raises(OSError, match="disk full"):
         convert.convert(
             "kaggle",

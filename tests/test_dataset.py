@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from input_pipeline import convert, criteo, dataset, synthetic
+from input_pipeline import metadata as metadata_file
 
 NUM_LINES = 2000
 RANGE = 5000
@@ -56,7 +57,7 @@ def row_keys(rows):
 
 def test_reads_training_rows_in_order(converted):
     data_dir, (labels, dense, ids) = converted
-    metadata = dataset.read_metadata(data_dir)
+    metadata = metadata_file.read(data_dir)
     train = metadata["rows"]["train"]
     ds = dataset.make_dataset(data_dir, "train", 64)
     features, label = next(iter(ds))
@@ -77,7 +78,7 @@ def test_reads_training_rows_in_order(converted):
 
 def test_batches_and_drop_remainder(converted):
     data_dir, _ = converted
-    rows = dataset.read_metadata(data_dir)["rows"]["test"]
+    rows = metadata_file.read(data_dir)["rows"]["test"]
     sizes = [label.shape[0] for _, label in dataset.make_dataset(data_dir, "test", 37)]
     assert sum(sizes) == rows and set(sizes[:-1]) == {37}
     dropped = dataset.make_dataset(data_dir, "test", 37, drop_remainder=True)
@@ -93,7 +94,7 @@ def test_multi_hot_shape(converted):
 
 def test_shuffle_covers_every_row_once_and_is_seeded(converted):
     data_dir, (labels, dense, ids) = converted
-    train = dataset.read_metadata(data_dir)["rows"]["train"]
+    train = metadata_file.read(data_dir)["rows"]["train"]
     first = collect(
         dataset.make_dataset(data_dir, "train", 50, shuffle=True, seed=3, shuffle_blocks=2)
     )
@@ -107,7 +108,7 @@ def test_shuffle_covers_every_row_once_and_is_seeded(converted):
 
 def test_repeat(converted):
     data_dir, _ = converted
-    rows = dataset.read_metadata(data_dir)["rows"]["validation"]
+    rows = metadata_file.read(data_dir)["rows"]["validation"]
     ds = dataset.make_dataset(data_dir, "validation", 64, repeat=True, drop_remainder=True)
     batches = list(ds.take(2 * rows // 64 + 1))
     assert len(batches) == 2 * rows // 64 + 1
@@ -116,7 +117,7 @@ def test_repeat(converted):
 @pytest.mark.parametrize("pipelines", [2, 3, 5])
 def test_input_context_shards_cover_every_row_once(converted, pipelines):
     data_dir, (labels, dense, ids) = converted
-    train = dataset.read_metadata(data_dir)["rows"]["train"]
+    train = metadata_file.read(data_dir)["rows"]["train"]
     parts = []
     for pipeline_id in range(pipelines):
         context = tf.distribute.InputContext(
@@ -173,9 +174,9 @@ def test_missing_shard_and_metadata(converted, tmp_path):
     data_dir = _copy(converted[0], tmp_path)
     os.remove(data_dir / "validation-00003-of-00004.tfrecord")
     with pytest.raises(FileNotFoundError, match="validation-00003-of-00004.tfrecord is missing"):
-        dataset.read_metadata(data_dir)
+        metadata_file.read(data_dir)
     with pytest.raises(FileNotFoundError, match="metadata.json not found"):
-        dataset.read_metadata(tmp_path)
+        metadata_file.read(tmp_path)
 
 
 def test_unsupported_format_version(converted, tmp_path):
@@ -185,7 +186,7 @@ def test_unsupported_format_version(converted, tmp_path):
     metadata["format_version"] = 99
     path.write_text(json.dumps(metadata))
     with pytest.raises(ValueError, match=r"metadata.json: format_version 99 is not supported"):
-        dataset.read_metadata(data_dir)
+        metadata_file.read(data_dir)
 
 
 def test_unknown_split(converted):
@@ -230,7 +231,7 @@ def test_tampered_metadata_is_refused(converted, tmp_path, tamper, message):
         train[0]["blocks"], train[1]["blocks"] = train[0]["blocks"] + 1, train[1]["blocks"] - 1
     path.write_text(json.dumps(metadata))
     with pytest.raises(ValueError, match=message):
-        dataset.read_metadata(data_dir)
+        metadata_file.read(data_dir)
     if tamper == "absolute vocabulary path":  # what the export reads
         with pytest.raises(ValueError, match=message):
             criteo.RawPreprocessor.from_metadata(data_dir)
