@@ -84,7 +84,7 @@ def execute(run: RunConfig) -> RunResult:
     strategy, source, model_config = set_up(run)
     with contextlib.ExitStack() as stack:
         if run.train.backup_dir and not run.train.inference_only:
-            from dlrm_tf.checkpoints import backup_lock
+            from dlrm_tf.backups import backup_lock
             from dlrm_tf.strategy import task_name
 
             stack.enter_context(backup_lock(run.train.backup_dir, task_name(strategy)))

@@ -22,8 +22,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dlrm_tf import backups, memory, model_files
 from dlrm_tf import callbacks as cb
-from dlrm_tf import checkpoints, memory
 from dlrm_tf.config import INITIALIZERS, ConfigError, ModelConfig
 from dlrm_tf.data import DataSource
 from dlrm_tf.debug_dump import print_debug, print_parameters
@@ -212,7 +212,7 @@ class RunState:
     evaluator: Evaluator
     has_test: bool
     chief: bool
-    backup: checkpoints.Backup | None = None
+    backup: backups.Backup | None = None
     best: dict | None = None  # the best test metrics carried from a backup or --load_model
 
     @property
@@ -265,7 +265,7 @@ def prepare_run(
         save_model=cfg.save_model if writes else "",
         backup_dir="" if cfg.inference_only else cfg.backup_dir,
         export_dir=cfg.export_dir if writes else "",
-        backup_copies=checkpoints.BACKUPS_KEPT + 1,
+        backup_copies=backups.BACKUPS_KEPT + 1,
         export_assets=memory.vocabulary_bytes(source.metadata),
     )  # fmt: skip
     if cfg.mini_batch_size % replicas:
@@ -287,13 +287,13 @@ def build_state(
         model.optimizer.build(model.trainable_variables)
     best = None
     if cfg.load_model:
-        checkpoints.restore_model_state(
+        model_files.restore_model_state(
             model, cfg.load_model, with_optimizer=not cfg.inference_only
         )
         step = int(model.optimizer.iterations.numpy())
         log(f"Loaded model state from {cfg.load_model} at step {step}")
         # The best test metrics travel with the model: a resumed run must beat them.
-        best = checkpoints.saved_best_metrics(cfg.load_model)
+        best = model_files.saved_best_metrics(cfg.load_model)
     source = source.with_batches(cfg.mini_batch_size, cfg.test_batch_size)
     evaluator = Evaluator(model, strategy, make_loss(cfg))
     has_test = source.has_test(cfg.test_freq)
@@ -314,7 +314,7 @@ def restore_backup(state: RunState, cfg: TrainConfig, log=print) -> None:
     """With ``--backup_dir``: resumes from its latest backup, and its best metrics."""
     if not cfg.backup_dir:
         return
-    state.backup = checkpoints.Backup(cfg.backup_dir, state.model, task=task_name(state.strategy))
+    state.backup = backups.Backup(cfg.backup_dir, state.model, task=task_name(state.strategy))
     if state.backup.restore():
         log(f"Resumed from backup {state.backup.latest} at step {state.step}")
     if state.backup.best_metrics is not None:
@@ -366,7 +366,7 @@ def make_callbacks(
         callbacks.append(evaluator)
         if cfg.save_model and chief:
             saver = cb.BestModelSaver(
-                cfg.save_model, lambda path, m: checkpoints.save_model(state.model, path, m)
+                cfg.save_model, lambda path, m: model_files.save_model(state.model, path, m)
             )
             evaluator.on_test.append(saver)
     hparams = run_hparams(model_config, cfg, state.strategy, describe_data(state.source))
@@ -513,7 +513,7 @@ def write_artifacts(
     }
     if cfg.save_model:
         if not state.has_test:  # nothing to rank models by: the trained model is the result
-            checkpoints.save_model(state.model, cfg.save_model, metrics=test_metrics)
+            model_files.save_model(state.model, cfg.save_model, metrics=test_metrics)
         elif not cbs.saver.saved:
             log(
                 f"{cfg.save_model} not replaced: no evaluation beat the best test AUC "

@@ -300,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parse_args(argv)
     try:
-        from dlrm_tf.checkpoints import load_model
+        from dlrm_tf.model_files import load_model
 
         model = load_model(args.load_model)
         raw = None

@@ -1,32 +1,23 @@
-"""Saving and restoring models: the best model (``.keras``) and crash-safe backups.
+"""Model files: a DLRM saved as ``.keras`` (with its test metrics), loaded and restored.
 
-- ``save_model`` writes a ``.keras`` file (architecture, weights, optimizer state
-  and step) plus a ``.json`` sidecar with the test metrics, each to a temporary
-  name in the same directory and then renamed over the target, so a reader never
-  sees a half-written file and a crash keeps the previous one.
-- ``Backup`` keeps ``tf.train.Checkpoint`` backups (model, optimizer, step) that
-  a rerun of the same command resumes from; ``CheckpointManager`` writes the
-  checkpoint files before it updates its index, so a kill mid-write leaves the
-  last complete backup in force.
+``save_model`` writes a ``.keras`` file (architecture, weights, optimizer state
+and step) plus a ``.json`` sidecar with the test metrics, each to a temporary
+name in the same directory and then renamed over the target, so a reader never
+sees a half-written file and a crash keeps the previous one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
 
 import keras
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from dlrm_tf.model import DLRM
 from input_pipeline import errors, safe_files
-
-BACKUPS_KEPT = 2  # the newest backups a Backup keeps
 
 
 def _atomic_target(path: str, suffix: str) -> str:
@@ -161,72 +152,3 @@ def restore_model_state(model: DLRM, path: str, with_optimizer: bool = True) -> 
         target.assign(value)
 
 
-class Backup:
-    """Crash-safe backups in ``directory``, resumed by a rerun of the same command."""
-
-    def __init__(
-        self, directory: str, model: DLRM, max_to_keep: int = BACKUPS_KEPT, task: str | None = None
-    ) -> None:
-        """Backups of ``model`` (and its optimizer) in ``directory``.
-
-        Under multi-worker training every worker saves (the write is a
-        collective step), but only the chief (``task`` None) writes into
-        ``directory``; another task writes into ``directory/.<task>``, and every
-        worker restores from the chief's backups (``directory`` must be on a
-        file system all workers share).
-        """
-        self.model = model
-        self.directory = directory
-        # The best test metrics so far travel with the backup (JSON; "" = none yet).
-        self._best = tf.Variable("", dtype=tf.string, trainable=False)
-        self.checkpoint = tf.train.Checkpoint(
-            model=model, optimizer=model.optimizer, best_metrics=self._best
-        )
-        own = directory if task is None else os.path.join(directory, f".{task}")
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, own, max_to_keep=max_to_keep, step_counter=None
-        )
-        self._last_saved_step = -1
-
-    @property
-    def latest(self) -> str | None:
-        """The chief's newest backup, if any."""
-        return tf.train.latest_checkpoint(self.directory)
-
-    def restore(self) -> bool:
-        """Restores the newest backup, if any; returns whether one was found."""
-        latest = self.latest
-        if latest is None:
-            return False
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
-        self._last_saved_step = int(self.model.optimizer.iterations.numpy())
-        return True
-
-    @property
-    def best_metrics(self) -> dict | None:
-        """The best test metrics recorded with the restored backup, if any."""
-        text = self._best.numpy().decode()
-        return json.loads(text) if text else None
-
-    def save(self, force: bool = False, best: dict | None = None) -> str | None:
-        """Writes a backup at the current step (once per step), with ``best`` metrics."""
-        step = int(self.model.optimizer.iterations.numpy())
-        if step == self._last_saved_step and not force:
-            return None
-        if best is not None:
-            self._best.assign(json.dumps({k: float(best[k]) for k in ("auc", "accuracy")}))
-        self._last_saved_step = step
-        return self.manager.save(checkpoint_number=step)
-
-
-@contextlib.contextmanager
-def backup_lock(directory: str, task: str | None = None) -> Iterator[None]:
-    """Holds the lock of the backups this process writes (the chief's ``directory``,
-    another task's ``directory/.<task>``) for the block: two runs sharing a
-    ``--backup_dir`` would overwrite each other's backups. Removes the temporary
-    checkpoint directories (``*_temp``) a killed save left there."""
-    own = directory if task is None else os.path.join(directory, f".{task}")
-    os.makedirs(own, exist_ok=True)
-    with safe_files.exclusive(own, f"`backup_dir`={own}", logging.warning):
-        safe_files.remove_leftovers(own, ["*_temp"], logging.warning)
-        yield
