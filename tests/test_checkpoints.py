@@ -80,4 +80,4 @@ def test_backup_dir_has_one_writer(tmp_path):
     (backup_dir / "ckpt-7_temp").mkdir()  # a save killed mid-write
     (backup_dir / "ckpt-6.index").write_text("a complete backup")
     with backups.backup_lock(str(backup_dir)):
-        assert sorted(os.listdir(backups)) == ["ckpt-6.index"]
+        assert sorted(os.listdir(backup_dir)) == ["ckpt-6.index"]
