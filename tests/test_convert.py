@@ -284,7 +284,7 @@ def test_categorical_hash_needs_a_range_and_no_threshold(tmp_path, raw_file):
         result.returncode, result.stderr, "--categorical=hash needs --max_ind_range=N > 0"
     )
     assert not out.exists()
-    with pytest.raises(ValueError, match="--frequency_threshold=2 applies to vocabularies"):
+    with pytest.raises(ValueError, match="`frequency_threshold`=2 applies to vocabularies"):
         convert.convert(
             "kaggle", raw_file, out, max_ind_range=10, frequency_threshold=2, categorical="hash"
         )
