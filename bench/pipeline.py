@@ -65,7 +65,7 @@ def _read_rows_per_s(data_dir: str, batch_size: int) -> tuple[float, int]:
 def main(argv: list[str] | None = None) -> dict:
     """Runs the benchmark and prints the figures (last line: JSON)."""
     args = _parse_args(argv)
-    from input_pipeline import synthetic
+    from input_pipeline import planted_signal as synthetic
 
     with tempfile.TemporaryDirectory(dir=args.work_dir) as work:
         raw = os.path.join(work, "train.txt")

@@ -40,7 +40,7 @@ def export_bench_model(export_base: str, max_rows: int, seed: int) -> str:
     import keras
 
     from dlrm_tf.config import ModelConfig
-    from dlrm_tf.model import build_model
+    from dlrm_tf.model.dlrm import build_model
     from export.saved_model import export_model
 
     keras.utils.set_random_seed(seed)
@@ -74,8 +74,10 @@ def tf2_caller(path: str) -> tuple[Callable, Callable]:
 
 def session_caller(served: ServingSession) -> tuple[Callable, Callable]:
     """The session loader TF Serving uses: (prepare request, call prepared)."""
-    return (lambda request: request,
-            lambda inputs: served.run("serving_default", inputs)["probability"])
+    return (
+        lambda request: request,
+        lambda inputs: served.run("serving_default", inputs)["probability"],
+    )
 
 
 def time_calls(
@@ -105,8 +107,11 @@ def time_calls(
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     from input_pipeline.errors import ArgumentParser
 
-    parser = ArgumentParser(prog="python -m bench.serving", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(
+        prog="python -m bench.serving",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--batch_sizes", default="1,64,2048")
     parser.add_argument("--max_rows", type=int, default=100_000, help="cap on each table's rows")
     parser.add_argument("--min_seconds", type=float, default=3.0, help="timing per batch size")
@@ -145,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(
                         f"{loader:8s} batch {batch:5d}: p50 {r['p50_ms']:8.3f} ms  "
                         f"p99 {r['p99_ms']:8.3f} ms  {r['examples_per_s']:12.0f} examples/s  "
-                        f"({r['calls']} calls)", flush=True,
+                        f"({r['calls']} calls)",
+                        flush=True,
                     )
                     prefix = "" if loader == "tf2" else f"{loader}_"
                     summary[f"{prefix}p50_ms_b{batch}"] = round(r["p50_ms"], 4)

@@ -38,8 +38,8 @@ import tensorflow as tf  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from dlrm_tf.config import OPTIMIZERS, ModelConfig  # noqa: E402
-from dlrm_tf.model import DENSE_KEY, SPARSE_KEY, build_model  # noqa: E402
-from dlrm_tf.optimizers import make_optimizer  # noqa: E402
+from dlrm_tf.model.dlrm import DENSE_KEY, SPARSE_KEY, build_model  # noqa: E402
+from dlrm_tf.model.optimizers import make_optimizer  # noqa: E402
 
 EMBEDDING_DIM = 16
 BATCH = 2048
@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=5, help="timed epochs per setting")
     parser.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
     parser.add_argument(
-        "--stock_steps", type=int, default=4,
+        "--stock_steps",
+        type=int,
+        default=4,
         help="steps per timed epoch for Keras's stock optimizers (slow on 10^7 rows)",
     )
     parser.add_argument("--no_stock", action="store_true", help="skip Keras's stock optimizers")

@@ -44,8 +44,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.machine import cpu_model  # noqa: E402  (run as a script: the repo root first)
 from dlrm_tf import flags as dlrm_flags  # noqa: E402  (the trainer's flags and their configs)
 from dlrm_tf import job  # noqa: E402
-from dlrm_tf.model import build_model
-from dlrm_tf.train import compile_model, set_precision
+from dlrm_tf.model.dlrm import build_model
+from dlrm_tf.training.trainer import compile_model, set_precision
 
 flags.DEFINE_integer("bench_warmup_steps", 15, "Steps not timed.")
 flags.DEFINE_integer("bench_steps", 60, "Steps timed.")

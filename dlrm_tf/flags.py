@@ -2,7 +2,7 @@
 and their translation into the typed configs of a run (``run_config``).
 
 Only ``run_config`` and its helpers read these; everything else takes the typed
-configs of ``dlrm_tf.config`` / ``dlrm_tf.data`` / ``dlrm_tf.train`` /
+configs of ``dlrm_tf.config`` / ``dlrm_tf.training.data_sources`` / ``dlrm_tf.training.trainer`` /
 ``dlrm_tf.job``. Library errors name config fields; ``FIELD_FLAGS`` maps those
 whose flag has another name, so the command line's errors name the flag.
 """
@@ -25,9 +25,9 @@ from dlrm_tf.config import (
     StrategyConfig,
     parse_dash_list,
 )
-from dlrm_tf.data import DataConfig
 from dlrm_tf.job import RunConfig
-from dlrm_tf.train import TrainConfig
+from dlrm_tf.training.data_sources import DataConfig
+from dlrm_tf.training.trainer import TrainConfig
 from input_pipeline.prepare import ConversionConfig
 
 # --- architecture (the reference's names and defaults) ---

@@ -14,8 +14,8 @@ import os
 import tensorflow as tf
 
 from dlrm_tf.config import ArtifactsConfig, ConfigError, ModelConfig, StrategyConfig
-from dlrm_tf.data import DataConfig, DataSource
-from dlrm_tf.train import RunResult, TrainConfig
+from dlrm_tf.training.data_sources import DataConfig, DataSource
+from dlrm_tf.training.trainer import RunResult, TrainConfig
 from input_pipeline.prepare import ConversionConfig
 
 
@@ -43,8 +43,8 @@ class RunConfig:
 
 def make_strategy(config: StrategyConfig) -> tf.distribute.Strategy:
     """Chooses the devices (before TensorFlow initialises them) and the strategy."""
-    from dlrm_tf.strategy import configure_devices
-    from dlrm_tf.strategy import make_strategy as strategy_named
+    from dlrm_tf.training.strategy import configure_devices
+    from dlrm_tf.training.strategy import make_strategy as strategy_named
 
     devices = configure_devices(config.use_gpu, config.num_gpus, config.num_cpu_replicas)
     return strategy_named(config.distribution_strategy, devices)
@@ -79,13 +79,13 @@ def execute(run: RunConfig) -> RunResult:
     Raises ConfigError / ValueError / FileNotFoundError / MemoryError /
     DeviceError with a message naming the config field (`field`) or file at fault.
     """
-    from dlrm_tf import train
+    from dlrm_tf.training import trainer as train
 
     strategy, source, model_config = set_up(run)
     with contextlib.ExitStack() as stack:
         if run.train.backup_dir and not run.train.inference_only:
-            from dlrm_tf.backups import backup_lock
-            from dlrm_tf.strategy import task_name
+            from dlrm_tf.training.backups import backup_lock
+            from dlrm_tf.training.strategy import task_name
 
             stack.enter_context(backup_lock(run.train.backup_dir, task_name(strategy)))
         result = train.run(model_config, run.train, source, strategy)
@@ -98,7 +98,7 @@ def write_artifacts(run: RunConfig, source: DataSource, result: RunResult) -> No
     """Writes the compute graph, the ONNX file and the SavedModel ``run`` asks for."""
     artifacts, cfg = run.artifacts, run.train
     if artifacts.plot_compute_graph:
-        from dlrm_tf.graph_plot import plot_compute_graph
+        from dlrm_tf.reports.graph_plot import plot_compute_graph
 
         tb_dir = cfg.tensorboard_dir or os.path.join(cfg.run_dir, "tensorboard")
         result.artifacts["compute_graph"] = plot_compute_graph(
@@ -107,7 +107,7 @@ def write_artifacts(run: RunConfig, source: DataSource, result: RunResult) -> No
             log_dir=os.path.join(tb_dir, "graph"),
         )
     if artifacts.save_onnx:
-        from dlrm_tf.onnx_export import save_onnx
+        from export.onnx_export import save_onnx
 
         features, _ = source.sample_batches(min(cfg.mini_batch_size, 256), 1)[0]
         result.artifacts["onnx"] = save_onnx(result.model, artifacts.save_onnx, features)

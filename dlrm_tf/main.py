@@ -19,7 +19,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from dlrm_tf import flags as dlrm_flags  # noqa: E402  (defines the flags)
 from dlrm_tf import job  # noqa: E402
-from dlrm_tf.train import RunResult  # noqa: E402
+from dlrm_tf.training.trainer import RunResult  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
     if history:
         import json
 
-        from dlrm_tf.summary import format_summary, run_summary
+        from dlrm_tf.reports.summary import format_summary, run_summary
 
         with open(history) as f:
             summary = run_summary(json.load(f))

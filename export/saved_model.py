@@ -92,7 +92,7 @@ def export_model(
     """Exports a built DLRM model as ``<export_base>/<version>/`` for TF Serving.
 
     Args:
-      model: a built ``dlrm_tf.model.DLRM``.
+      model: a built ``dlrm_tf.model.dlrm.DLRM``.
       export_base: the model's base directory (TF Serving's ``--model_base_path``);
         created if missing.
       version: the version number; by default the next one after the highest
@@ -206,8 +206,9 @@ def _publish(tmp: str, target: str, overwrite: bool) -> None:
         return
     # A non-empty directory cannot be replaced in one rename: move the old one
     # aside under a name TF Serving ignores, then move the new one in.
-    old = os.path.join(os.path.dirname(target), f"{OLD_PREFIX}{os.path.basename(target)}-"
-                       f"{uuid.uuid4().hex[:8]}")
+    old = os.path.join(
+        os.path.dirname(target), f"{OLD_PREFIX}{os.path.basename(target)}-{uuid.uuid4().hex[:8]}"
+    )
     os.rename(target, old)
     try:
         os.rename(tmp, target)
@@ -300,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parse_args(argv)
     try:
-        from dlrm_tf.model_files import load_model
+        from dlrm_tf.model.saving import load_model
 
         model = load_model(args.load_model)
         raw = None

@@ -63,7 +63,7 @@ class DLRMServingModule(tf.Module):
     """A ``tf.Module`` holding the serving functions of a built DLRM model.
 
     Args:
-      model: a built ``dlrm_tf.model.DLRM`` (any Keras model with a
+      model: a built ``dlrm_tf.model.dlrm.DLRM`` (any Keras model with a
         ``model_config`` and the DLRM input dict works).
       raw_preprocessor: optional; when given, a ``predict_raw`` signature is added.
 
@@ -186,7 +186,8 @@ def _check_request(
     dense = tf.ensure_shape(dense, [None, num_dense])
     ids = tf.ensure_shape(ids, [None, num_tables] + [None] * (ids.shape.rank - 2))
     same_batch = tf.debugging.assert_equal(
-        tf.shape(dense)[0], tf.shape(ids)[0],
+        tf.shape(dense)[0],
+        tf.shape(ids)[0],
         message=f"{DENSE_KEY} and {SPARSE_KEY} must have the same number of rows",
     )
     # NaN or Inf would flow through the MLP into a normal-looking probability.

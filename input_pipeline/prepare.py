@@ -179,7 +179,8 @@ def generate_and_convert(config: ConversionConfig) -> None:
     if _has_dataset(data_dir):
         print(f"Using the converted data already in {data_dir}")
         return
-    from input_pipeline import convert, synthetic
+    from input_pipeline import convert
+    from input_pipeline import planted_signal as synthetic
 
     rows = config.generate_rows
     raw = os.path.join(os.path.dirname(os.path.abspath(data_dir)), "generated_train.txt")

@@ -23,8 +23,8 @@ NUM_ROWS = 4096  # more than the rows of any test data set
 
 def install_row_counter():
     """Makes every ``DLRM.train_step`` add its batch's rows to a per-replica counter."""
-    from dlrm_tf import train
-    from dlrm_tf.model import DLRM
+    from dlrm_tf.model.dlrm import DLRM
+    from dlrm_tf.training import trainer as train
 
     state = {}
     original_build, original_step = train.build_model, DLRM.train_step
@@ -57,9 +57,9 @@ def install_row_counter():
 
 def run_once(strategy, data_dir, run_dir, local_counts, **train_flags):
     """One training run; returns (rows counted, printed lines, steps)."""
-    from dlrm_tf import train
     from dlrm_tf.config import ModelConfig
-    from dlrm_tf.data import DataConfig, DataSource
+    from dlrm_tf.training import trainer as train
+    from dlrm_tf.training.data_sources import DataConfig, DataSource
 
     data_config = DataConfig(
         generation="dataset",
@@ -108,7 +108,7 @@ def mirrored(out, data_dir, local_counts, k):
 
 
 def worker(out, data_dir, local_counts):
-    from dlrm_tf.strategy import make_strategy
+    from dlrm_tf.training.strategy import make_strategy
 
     strategy = make_strategy("multi_worker_mirrored", ["/cpu:0"])
     counts, lines, steps = run_once(strategy, data_dir, os.path.dirname(out) + "/run", local_counts)

@@ -46,7 +46,7 @@ HAVE_PIPELINE = all(
     importlib.util.find_spec(f"input_pipeline.{m}") is not None for m in ("synthetic", "convert")
 )
 needs_pipeline = pytest.mark.skipif(
-    not HAVE_PIPELINE, reason="input_pipeline.synthetic / input_pipeline.convert are missing"
+    not HAVE_PIPELINE, reason="input_pipeline.planted_signal / input_pipeline.convert are missing"
 )
 
 
@@ -188,7 +188,7 @@ def raw_criteo(tmp_path_factory):
         [
             sys.executable,
             "-m",
-            "input_pipeline.synthetic",
+            "input_pipeline.planted_signal",
             f"--output={path}",
             "--num_rows=3000",
             "--seed=1",

@@ -6,7 +6,7 @@ import types
 import numpy as np
 import pytest
 
-from dlrm_tf.callbacks import (
+from dlrm_tf.training.callbacks import (
     DivergenceGuard,
     EpochPosition,
     ProgressPrinter,
@@ -106,7 +106,7 @@ def test_diverged_loss_stops_with_a_clear_error():
 
 
 def test_evaluator_prints_records_and_the_saver_keeps_only_improvements():
-    from dlrm_tf.callbacks import BestMetrics, BestModelSaver, PeriodicEvaluator
+    from dlrm_tf.training.callbacks import BestMetrics, BestModelSaver, PeriodicEvaluator
 
     aucs = iter([0.60, 0.70, 0.65, 0.80])
     position, history = EpochPosition(steps_per_epoch=4, global_batch=2), RunHistory()

@@ -23,7 +23,8 @@ import pytest
 import tensorflow as tf
 from cli_check import REPO, assert_one_error_line, run_module
 
-from input_pipeline import convert, criteo, synthetic
+from input_pipeline import convert, criteo
+from input_pipeline import planted_signal as synthetic
 from input_pipeline.convert import records as record_encoding
 from input_pipeline.convert import spill
 

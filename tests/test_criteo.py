@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from input_pipeline import criteo, synthetic
+from input_pipeline import criteo
+from input_pipeline import planted_signal as synthetic
 
 
 def oracle_dense(text: str) -> np.float32:

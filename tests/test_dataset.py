@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from input_pipeline import convert, criteo, dataset, synthetic
+from input_pipeline import convert, criteo, dataset
 from input_pipeline import metadata as metadata_file
+from input_pipeline import planted_signal as synthetic
 
 NUM_LINES = 2000
 RANGE = 5000

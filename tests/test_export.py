@@ -17,7 +17,7 @@ import tensorflow as tf
 from cli_check import REPO, assert_one_error_line, run_module
 
 from dlrm_tf.config import ModelConfig
-from dlrm_tf.model import build_model
+from dlrm_tf.model.dlrm import build_model
 from export import grpc_client, warmup
 from export import saved_model as esm
 from export import signatures as sig
@@ -64,8 +64,9 @@ def category_pools(rng: np.random.Generator) -> list[list[str]]:
     ]
 
 
-def raw_rows(rng: np.random.Generator, pools: list[list[str]], batch: int,
-             unseen: float = 0.0) -> list[list[str]]:
+def raw_rows(
+    rng: np.random.Generator, pools: list[list[str]], batch: int, unseen: float = 0.0
+) -> list[list[str]]:
     """Raw fields (no label): counts (some empty or negative), categories from the pools
     (some empty, a fraction ``unseen`` of values never seen in the data)."""
     rows = []
@@ -95,8 +96,12 @@ def converted_dataset(directory) -> tuple[dict, list[list[str]]]:
         for row in rows:
             f.write("\t".join([str(int(rng.random() < 0.3))] + row) + "\n")
     metadata = convert(
-        "kaggle", raw, os.path.join(directory, "data"), frequency_threshold=2,
-        data_randomize="none", num_shards=1,
+        "kaggle",
+        raw,
+        os.path.join(directory, "data"),
+        frequency_threshold=2,
+        data_randomize="none",
+        num_shards=1,
     )
     return metadata, rows
 
@@ -114,7 +119,9 @@ def converted_train_rows(metadata: dict, count: int) -> tuple[np.ndarray, np.nda
 
 def small_config(table_sizes) -> ModelConfig:
     return ModelConfig(
-        embedding_dim=4, table_sizes=tuple(table_sizes), bottom_mlp=(NUM_DENSE, 16, 4),
+        embedding_dim=4,
+        table_sizes=tuple(table_sizes),
+        bottom_mlp=(NUM_DENSE, 16, 4),
         top_mlp=(8, 1),
     )
 
@@ -156,40 +163,65 @@ def setup(tmp_path_factory):
         return ids
 
     def multihot(batch, bag):
-        ids = np.minimum((rng.random((batch, NUM_SPARSE, bag)) * sizes[:, None]).astype(np.int64),
-                         sizes[:, None] - 1)
+        ids = np.minimum(
+            (rng.random((batch, NUM_SPARSE, bag)) * sizes[:, None]).astype(np.int64),
+            sizes[:, None] - 1,
+        )
         lengths = rng.integers(0, bag + 1, size=(batch, NUM_SPARSE))
         ids[np.arange(bag) >= lengths[..., None]] = -1
         return ids
 
     for name, batch in (("onehot_b1", 1), ("onehot_b9", 9)):
         d, s = dense(batch), onehot(batch)
-        add(name, sig.SERVING_DEFAULT, {sig.DENSE_KEY: d, sig.SPARSE_KEY: s},
-            keras_predict(model, d, s))
+        add(
+            name,
+            sig.SERVING_DEFAULT,
+            {sig.DENSE_KEY: d, sig.SPARSE_KEY: s},
+            keras_predict(model, d, s),
+        )
 
     d, s = dense(7), multihot(7, 4)
     s[-1] = -1  # every bag of the last example is empty
     s[2, 5] = -1
-    add("multihot_empty_last_row", sig.PREDICT_MULTIHOT, {sig.DENSE_KEY: d, sig.SPARSE_KEY: s},
-        keras_predict(model, d, s))
+    add(
+        "multihot_empty_last_row",
+        sig.PREDICT_MULTIHOT,
+        {sig.DENSE_KEY: d, sig.SPARSE_KEY: s},
+        keras_predict(model, d, s),
+    )
     d, s = dense(5), multihot(5, 3)
     s[-1, -1] = -1  # only the last example's last bag is empty
-    add("multihot_last_bag_empty", sig.PREDICT_MULTIHOT, {sig.DENSE_KEY: d, sig.SPARSE_KEY: s},
-        keras_predict(model, d, s))
+    add(
+        "multihot_last_bag_empty",
+        sig.PREDICT_MULTIHOT,
+        {sig.DENSE_KEY: d, sig.SPARSE_KEY: s},
+        keras_predict(model, d, s),
+    )
     d = dense(3)
-    add("multihot_all_empty", sig.PREDICT_MULTIHOT,
+    add(
+        "multihot_all_empty",
+        sig.PREDICT_MULTIHOT,
         {sig.DENSE_KEY: d, sig.SPARSE_KEY: np.full((3, NUM_SPARSE, 2), -1, np.int64)},
-        keras_predict(model, d, np.full((3, NUM_SPARSE), -1, np.int64)))
+        keras_predict(model, d, np.full((3, NUM_SPARSE), -1, np.int64)),
+    )
 
     # Training lines: the served model sees exactly the converter's features.
     dense_rows, id_rows = converted_train_rows(metadata, 8)
-    add("raw_training_lines", sig.PREDICT_RAW, {sig.FIELDS_KEY: np.array(raw[:8], dtype="S")},
-        keras_predict(model, dense_rows, id_rows))
+    add(
+        "raw_training_lines",
+        sig.PREDICT_RAW,
+        {sig.FIELDS_KEY: np.array(raw[:8], dtype="S")},
+        keras_predict(model, dense_rows, id_rows),
+    )
     # Lines with values never seen (out-of-vocabulary ids) and empty fields.
     fields = np.array(raw_rows(rng, category_pools(rng), 6, unseen=0.5), dtype="S")
     raw_dense, raw_ids = pre(tf.constant(fields))
-    add("raw_unseen_values", sig.PREDICT_RAW, {sig.FIELDS_KEY: fields},
-        keras_predict(model, raw_dense.numpy(), raw_ids.numpy()))
+    add(
+        "raw_unseen_values",
+        sig.PREDICT_RAW,
+        {sig.FIELDS_KEY: fields},
+        keras_predict(model, raw_dense.numpy(), raw_ids.numpy()),
+    )
 
     # Requests that must fail.
     d, s = dense(4), onehot(4)
@@ -200,29 +232,44 @@ def setup(tmp_path_factory):
     bag_too_big[3, 25, 1] = sizes[25] + 100
     bad_fields = np.array(raw[:2], dtype="S")
     bad_fields[1, 2] = b"12x"
-    add("bad_id_equal_to_table_size", sig.SERVING_DEFAULT,
-        {sig.DENSE_KEY: d, sig.SPARSE_KEY: too_big})
-    add("bad_id_below_minus_one", sig.SERVING_DEFAULT,
-        {sig.DENSE_KEY: d, sig.SPARSE_KEY: negative})
+    add(
+        "bad_id_equal_to_table_size",
+        sig.SERVING_DEFAULT,
+        {sig.DENSE_KEY: d, sig.SPARSE_KEY: too_big},
+    )
+    add("bad_id_below_minus_one", sig.SERVING_DEFAULT, {sig.DENSE_KEY: d, sig.SPARSE_KEY: negative})
     add("bad_multihot_id", sig.PREDICT_MULTIHOT, {sig.DENSE_KEY: d, sig.SPARSE_KEY: bag_too_big})
     add("bad_dense_width", sig.SERVING_DEFAULT, {sig.DENSE_KEY: d[:, :-1], sig.SPARSE_KEY: s})
     add("bad_num_features", sig.SERVING_DEFAULT, {sig.DENSE_KEY: d, sig.SPARSE_KEY: s[:, :-1]})
     add("bad_batch_mismatch", sig.SERVING_DEFAULT, {sig.DENSE_KEY: d[:3], sig.SPARSE_KEY: s})
-    add("bad_id_dtype_int32", sig.SERVING_DEFAULT,
-        {sig.DENSE_KEY: d, sig.SPARSE_KEY: s.astype(np.int32)})
-    add("bad_dense_dtype_float64", sig.SERVING_DEFAULT,
-        {sig.DENSE_KEY: d.astype(np.float64), sig.SPARSE_KEY: s})
-    add("bad_rank_onehot_signature", sig.SERVING_DEFAULT,
-        {sig.DENSE_KEY: d, sig.SPARSE_KEY: s[:, :, None]})
+    add(
+        "bad_id_dtype_int32",
+        sig.SERVING_DEFAULT,
+        {sig.DENSE_KEY: d, sig.SPARSE_KEY: s.astype(np.int32)},
+    )
+    add(
+        "bad_dense_dtype_float64",
+        sig.SERVING_DEFAULT,
+        {sig.DENSE_KEY: d.astype(np.float64), sig.SPARSE_KEY: s},
+    )
+    add(
+        "bad_rank_onehot_signature",
+        sig.SERVING_DEFAULT,
+        {sig.DENSE_KEY: d, sig.SPARSE_KEY: s[:, :, None]},
+    )
     add("bad_raw_num_fields", sig.PREDICT_RAW, {sig.FIELDS_KEY: bad_fields[:, :-1]})
     add("bad_raw_value", sig.PREDICT_RAW, {sig.FIELDS_KEY: bad_fields})
     for value, label in ((np.nan, "nan"), (np.inf, "inf"), (-np.inf, "minus_inf")):
         bad_dense = d.copy()
         bad_dense[2, 7] = value
-        add(f"bad_dense_{label}", sig.SERVING_DEFAULT,
-            {sig.DENSE_KEY: bad_dense, sig.SPARSE_KEY: s})
-        add(f"bad_multihot_dense_{label}", sig.PREDICT_MULTIHOT,
-            {sig.DENSE_KEY: bad_dense, sig.SPARSE_KEY: multihot(4, 2)})
+        add(
+            f"bad_dense_{label}", sig.SERVING_DEFAULT, {sig.DENSE_KEY: bad_dense, sig.SPARSE_KEY: s}
+        )
+        add(
+            f"bad_multihot_dense_{label}",
+            sig.PREDICT_MULTIHOT,
+            {sig.DENSE_KEY: bad_dense, sig.SPARSE_KEY: multihot(4, 2)},
+        )
     not_utf8, huge = np.array(raw[:2], dtype=object), np.array(raw[:2], dtype=object)
     not_utf8[0, 4] = b"\xff\xfe1"
     huge[1, 20] = b"a" * HUGE_FIELD + b"z"
@@ -241,7 +288,11 @@ def setup(tmp_path_factory):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         proc = subprocess.run(
             [sys.executable, CHECK_SCRIPT, version_dir, str(cases_path), str(result_path)],
-            cwd=tmp, env=env, capture_output=True, text=True, timeout=300,
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         capi = run_capi_check(version_dir, cases, tmp)
     finally:
@@ -249,8 +300,14 @@ def setup(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(result_path.read_text())
     return {
-        "model": model, "pre": pre, "metadata": metadata, "base": base,
-        "version_dir": version_dir, "result": result, "tmp": tmp, "capi": capi,
+        "model": model,
+        "pre": pre,
+        "metadata": metadata,
+        "base": base,
+        "version_dir": version_dir,
+        "result": result,
+        "tmp": tmp,
+        "capi": capi,
         "cases": {case["name"]: case for case in cases},
     }
 
@@ -263,17 +320,22 @@ def run_capi_check(version_dir: str, cases: list[dict], tmp) -> dict:
     capi_cases = []
     for case in cases:
         spec = meta.signature_def[case["signature"]]
-        capi_cases.append({
-            "name": case["name"],
-            "feeds": [[spec.inputs[k].name, path] for k, path in case["inputs"].items()],
-            "fetch": spec.outputs[sig.OUTPUT_KEY].name,
-        })
+        capi_cases.append(
+            {
+                "name": case["name"],
+                "feeds": [[spec.inputs[k].name, path] for k, path in case["inputs"].items()],
+                "fetch": spec.outputs[sig.OUTPUT_KEY].name,
+            }
+        )
     cases_path, result_path = tmp / "capi_cases.json", tmp / "capi_result.json"
     cases_path.write_text(json.dumps(capi_cases))
     proc = subprocess.run(
         [sys.executable, CAPI_SCRIPT, version_dir, str(cases_path), str(result_path)],
-        cwd=tmp, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-        capture_output=True, text=True, timeout=300,
+        cwd=tmp,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(result_path.read_text())
@@ -286,8 +348,13 @@ def keras_utils_seed() -> None:
 
 
 PARITY_CASES = [
-    "onehot_b1", "onehot_b9", "multihot_empty_last_row", "multihot_last_bag_empty",
-    "multihot_all_empty", "raw_training_lines", "raw_unseen_values",
+    "onehot_b1",
+    "onehot_b9",
+    "multihot_empty_last_row",
+    "multihot_last_bag_empty",
+    "multihot_all_empty",
+    "raw_training_lines",
+    "raw_unseen_values",
 ]
 
 
@@ -335,17 +402,26 @@ def test_saved_model_holds_each_weight_once(setup):
     model, version_dir = setup["model"], setup["version_dir"]
     meta = saved_model_utils.get_meta_graph_def(version_dir, "serve")
     # String scalars hold the asset paths of the vocabularies; the rest are weights.
-    handles = [n for n in meta.graph_def.node
-               if n.op == "VarHandleOp" and n.attr["dtype"].type != tf.string.as_datatype_enum]
+    handles = [
+        n
+        for n in meta.graph_def.node
+        if n.op == "VarHandleOp" and n.attr["dtype"].type != tf.string.as_datatype_enum
+    ]
     assert len(handles) == len(model.weights)
     saved = tf.train.load_checkpoint(os.path.join(version_dir, "variables", "variables"))
     shapes = sorted(
-        tuple(shape) for key, dtype in saved.get_variable_to_dtype_map().items()
-        if dtype == tf.float32 for shape in [saved.get_variable_to_shape_map()[key]])
+        tuple(shape)
+        for key, dtype in saved.get_variable_to_dtype_map().items()
+        if dtype == tf.float32
+        for shape in [saved.get_variable_to_shape_map()[key]]
+    )
     assert shapes == sorted(tuple(w.shape) for w in model.weights)
     weight_bytes = sum(int(np.prod(w.shape)) * 4 for w in model.weights)
-    path_bytes = sum(len(saved.get_tensor(key)) for key, dtype in
-                     saved.get_variable_to_dtype_map().items() if dtype == tf.string)
+    path_bytes = sum(
+        len(saved.get_tensor(key))
+        for key, dtype in saved.get_variable_to_dtype_map().items()
+        if dtype == tf.string
+    )
     data = [f for f in os.listdir(os.path.join(version_dir, "variables")) if ".data-" in f]
     on_disk = sum(os.path.getsize(os.path.join(version_dir, "variables", f)) for f in data)
     assert weight_bytes <= on_disk - path_bytes <= weight_bytes + 1024
@@ -365,8 +441,11 @@ BAD_REQUESTS = {
     "bad_raw_value": "Malformed raw Criteo input",
     "bad_raw_not_utf8": "field I5: value [\ufffd\ufffd1] is not an integer count",
     "bad_raw_huge_field": f"value [{'a' * 200}... ({HUGE_FIELD + 1} bytes)] is not a hex",
-    **{f"bad{kind}_dense_{label}": "dense_features must be finite (NaN or Inf found)"
-       for kind in ("", "_multihot") for label in ("nan", "inf", "minus_inf")},
+    **{
+        f"bad{kind}_dense_{label}": "dense_features must be finite (NaN or Inf found)"
+        for kind in ("", "_multihot")
+        for label in ("nan", "inf", "minus_inf")
+    },
 }
 
 
@@ -377,8 +456,14 @@ CAPI_MESSAGES = {
 }
 # Python's Session.run casts a fed array to its placeholder's dtype and checks its
 # shape before the graph sees it: those requests never reach the served graph.
-CLIENT_SIDE = {"bad_id_dtype_int32", "bad_dense_dtype_float64", "bad_dense_width",
-               "bad_num_features", "bad_rank_onehot_signature", "bad_raw_num_fields"}
+CLIENT_SIDE = {
+    "bad_id_dtype_int32",
+    "bad_dense_dtype_float64",
+    "bad_dense_width",
+    "bad_num_features",
+    "bad_rank_onehot_signature",
+    "bad_raw_num_fields",
+}
 
 
 def assert_message(expected: str | tuple[str, ...], message: str) -> None:
@@ -418,7 +503,9 @@ def test_saved_model_cli_lists_the_signatures(setup):
         pytest.skip("saved_model_cli is not installed")
     out = subprocess.run(
         [cli, "show", "--all", "--dir", setup["version_dir"]],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
     assert out.returncode == 0, out.stderr[-2000:]
@@ -428,13 +515,19 @@ def test_saved_model_cli_lists_the_signatures(setup):
         blocks[match.group(1)] = match.group(2)
     assert {sig.SERVING_DEFAULT, sig.PREDICT_MULTIHOT, sig.PREDICT_RAW} <= set(blocks)
     compact = {k: re.sub(r"\s+", " ", v) for k, v in blocks.items()}
-    assert "inputs['sparse_features'] tensor_info: dtype: DT_INT64 shape: (-1, 26)" in (
-        compact[sig.SERVING_DEFAULT])
-    assert "inputs['dense_features'] tensor_info: dtype: DT_FLOAT shape: (-1, 13)" in (
-        compact[sig.SERVING_DEFAULT])
+    assert (
+        "inputs['sparse_features'] tensor_info: dtype: DT_INT64 shape: (-1, 26)"
+        in (compact[sig.SERVING_DEFAULT])
+    )
+    assert (
+        "inputs['dense_features'] tensor_info: dtype: DT_FLOAT shape: (-1, 13)"
+        in (compact[sig.SERVING_DEFAULT])
+    )
     assert "shape: (-1, 26, -1)" in compact[sig.PREDICT_MULTIHOT]
-    assert "inputs['fields'] tensor_info: dtype: DT_STRING shape: (-1, 39)" in (
-        compact[sig.PREDICT_RAW])
+    assert (
+        "inputs['fields'] tensor_info: dtype: DT_STRING shape: (-1, 39)"
+        in (compact[sig.PREDICT_RAW])
+    )
     for name in (sig.SERVING_DEFAULT, sig.PREDICT_MULTIHOT, sig.PREDICT_RAW):
         assert "outputs['probability'] tensor_info: dtype: DT_FLOAT shape: (-1, 1)" in compact[name]
 
@@ -448,9 +541,23 @@ def test_saved_model_cli_run_matches_keras(setup, name, tmp_path):
     case = setup["cases"][name]
     inputs = ";".join(f"{k}={path}" for k, path in case["inputs"].items())
     out = subprocess.run(
-        [cli, "run", "--dir", setup["version_dir"], "--tag_set", "serve",
-         "--signature_def", case["signature"], "--inputs", inputs, "--outdir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        [
+            cli,
+            "run",
+            "--dir",
+            setup["version_dir"],
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            case["signature"],
+            "--inputs",
+            inputs,
+            "--outdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
     assert out.returncode == 0, out.stderr[-2000:]
@@ -526,7 +633,8 @@ def test_existing_version_needs_overwrite(tmp_path):
     d = np.ones((2, NUM_DENSE), np.float32)
     s = np.array([[4, 2, 7], [0, -1, 3]], np.int64)
     out = loaded.signatures[sig.SERVING_DEFAULT](
-        dense_features=tf.constant(d), sparse_features=tf.constant(s))["probability"]
+        dense_features=tf.constant(d), sparse_features=tf.constant(s)
+    )["probability"]
     np.testing.assert_allclose(out.numpy(), keras_predict(model, d, s), atol=TOL)
 
 
@@ -576,8 +684,11 @@ def test_bad_warmup_batch_fails_before_writing(tmp_path):
     ids = np.zeros((2, 3), np.int64)
     ids[0, 0] = model.model_config.table_sizes[0]
     with pytest.raises(tf.errors.InvalidArgumentError, match="sparse id out of range"):
-        esm.export_model(model, base, warmup_batch={
-            sig.DENSE_KEY: np.zeros((2, NUM_DENSE), np.float32), sig.SPARSE_KEY: ids})
+        esm.export_model(
+            model,
+            base,
+            warmup_batch={sig.DENSE_KEY: np.zeros((2, NUM_DENSE), np.float32), sig.SPARSE_KEY: ids},
+        )
     assert os.listdir(base) == []
 
 
@@ -586,13 +697,15 @@ def test_warmup_batch_replaces_synthetic_requests(tmp_path):
     dense = np.full((3, NUM_DENSE), 0.5, np.float32)
     ids = np.ones((3, 3), np.int64)
     path = esm.export_model(
-        model, tmp_path, warmup_batch={sig.DENSE_KEY: dense, sig.SPARSE_KEY: ids})
+        model, tmp_path, warmup_batch={sig.DENSE_KEY: dense, sig.SPARSE_KEY: ids}
+    )
     logs = warmup.read_warmup_file(path)
     by_name = {}
     for log in logs:
         request = log.predict_log.request
         by_name.setdefault(request.model_spec.signature_name, []).append(
-            warmup.request_arrays(request))
+            warmup.request_arrays(request)
+        )
     assert set(by_name) == {sig.SERVING_DEFAULT, sig.PREDICT_MULTIHOT}
     (onehot,) = by_name[sig.SERVING_DEFAULT]
     np.testing.assert_array_equal(onehot[sig.SPARSE_KEY], ids)
@@ -623,7 +736,8 @@ def test_cli_exports_a_compiled_keras_checkpoint(tmp_path, capsys):
     d = rng.uniform(size=(4, NUM_DENSE)).astype(np.float32)
     s = rng.integers(0, 3, size=(4, 3)).astype(np.int64)
     out = tf.saved_model.load(path).signatures[sig.SERVING_DEFAULT](
-        dense_features=tf.constant(d), sparse_features=tf.constant(s))["probability"]
+        dense_features=tf.constant(d), sparse_features=tf.constant(s)
+    )["probability"]
     np.testing.assert_allclose(out.numpy(), keras_predict(model, d, s), atol=TOL)
 
     assert esm.main([f"--load_model={checkpoint}", f"--export_dir={base}", "--version=1"]) == 2
@@ -632,8 +746,10 @@ def test_cli_exports_a_compiled_keras_checkpoint(tmp_path, capsys):
 
 
 def test_rest_body_and_raw_lines(setup):
-    lines = ["1\t" + "\t".join(["5"] * NUM_DENSE + ["abc"] * NUM_SPARSE) + "\n",
-             "\t".join([""] * (NUM_DENSE + NUM_SPARSE))]
+    lines = [
+        "1\t" + "\t".join(["5"] * NUM_DENSE + ["abc"] * NUM_SPARSE) + "\n",
+        "\t".join([""] * (NUM_DENSE + NUM_SPARSE)),
+    ]
     fields = grpc_client.raw_fields(lines)
     assert fields.shape == (2, NUM_DENSE + NUM_SPARSE)
     assert fields[0, 0] == b"5" and fields[1, 0] == b""
@@ -648,9 +764,14 @@ def test_rest_body_and_raw_lines(setup):
     rng = np.random.default_rng(5)
     dense = rng.uniform(size=(2, NUM_DENSE)).astype(np.float32)
     ids = np.zeros((2, NUM_SPARSE, 2), np.int64) - 1
-    body = json.loads(json.dumps(grpc_client.rest_body(
-        grpc_client.choose_signature({sig.DENSE_KEY: dense, sig.SPARSE_KEY: ids}),
-        {sig.DENSE_KEY: dense, sig.SPARSE_KEY: ids})))
+    body = json.loads(
+        json.dumps(
+            grpc_client.rest_body(
+                grpc_client.choose_signature({sig.DENSE_KEY: dense, sig.SPARSE_KEY: ids}),
+                {sig.DENSE_KEY: dense, sig.SPARSE_KEY: ids},
+            )
+        )
+    )
     assert body["signature_name"] == sig.PREDICT_MULTIHOT
     # The server stacks the instances back into the tensors the signature takes.
     stacked = {k: np.array([inst[k] for inst in body["instances"]]) for k in body["instances"][0]}
@@ -708,7 +829,8 @@ def test_grpc_client_predicts_through_a_prediction_service(setup, grpc_server):
     ids[0, 7] = -5
     bad = grpc_client.predict_request(
         sig.SERVING_DEFAULT,
-        {sig.DENSE_KEY: np.zeros((1, NUM_DENSE), np.float32), sig.SPARSE_KEY: ids})
+        {sig.DENSE_KEY: np.zeros((1, NUM_DENSE), np.float32), sig.SPARSE_KEY: ids},
+    )
     with pytest.raises(grpc.RpcError) as info:
         grpc_client.predict(grpc_server, bad, timeout_s=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -719,8 +841,17 @@ def test_cli_with_processed_data_dir_adds_the_raw_signature(setup, tmp_path, cap
     setup["model"].save(checkpoint)
     base = tmp_path / "serving"
     data_dir = setup["metadata"]["data_dir"]
-    assert esm.main([f"--load_model={checkpoint}", f"--export_dir={base}", "--version=7",
-                     f"--processed_data_dir={data_dir}"]) == 0
+    assert (
+        esm.main(
+            [
+                f"--load_model={checkpoint}",
+                f"--export_dir={base}",
+                "--version=7",
+                f"--processed_data_dir={data_dir}",
+            ]
+        )
+        == 0
+    )
     path = capsys.readouterr().out.strip().splitlines()[-1]
     assert path == str(base / "7")
     loaded = tf.saved_model.load(path)
@@ -730,7 +861,8 @@ def test_cli_with_processed_data_dir_adds_the_raw_signature(setup, tmp_path, cap
     dense, ids = converted_train_rows(setup["metadata"], 4)
     out = loaded.signatures[sig.PREDICT_RAW](fields=tf.constant(fields.astype("S")))
     np.testing.assert_allclose(
-        out["probability"].numpy(), keras_predict(setup["model"], dense, ids), atol=TOL)
+        out["probability"].numpy(), keras_predict(setup["model"], dense, ids), atol=TOL
+    )
 
 
 def test_grpc_client_command_line(setup, grpc_server, capsys):
@@ -762,8 +894,13 @@ HOLD_LOCK = (
 def lock_holder(base):
     """A real process holding the export lock of ``base`` until its stdin closes."""
     process = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(base)], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+        [sys.executable, "-c", HOLD_LOCK, str(base)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )
     assert process.stdout.readline() == "locked\n"
     return process
 
@@ -773,8 +910,10 @@ def test_overwrite_refuses_a_version_it_did_not_write(tmp_path):
     (base / "3").mkdir(parents=True)
     (base / "3" / "saved_model.pb").write_text("someone else's")
     (base / "4").write_text("a file")
-    for version, message in [(3, "is not a SavedModel written by this exporter (it holds "
-                                 "saved_model.pb)"), (4, "exists and is not a version directory")]:
+    for version, message in [
+        (3, "is not a SavedModel written by this exporter (it holds saved_model.pb)"),
+        (4, "exists and is not a version directory"),
+    ]:
         with pytest.raises(esm.ExportError, match=re.escape(message)):
             esm.export_model(small_model(0), base, version=version, overwrite=True)
     assert (base / "3" / "saved_model.pb").read_text() == "someone else's"
@@ -785,9 +924,13 @@ def test_second_export_into_a_base_is_refused_while_one_runs(tmp_path):
     base = tmp_path / "models"
     holder = lock_holder(base)
     try:
-        with pytest.raises(safe_files.OutputLockedError, match=(
+        with pytest.raises(
+            safe_files.OutputLockedError,
+            match=(
                 rf"--export_dir={re.escape(str(base))} is being written by another process "
-                rf"\(pid {holder.pid} on ")):
+                rf"\(pid {holder.pid} on "
+            ),
+        ):
             esm.export_model(small_model(0), base)
     finally:
         holder.communicate("")
@@ -812,7 +955,8 @@ def test_export_after_a_killed_one_removes_only_its_leftovers(tmp_path, caplog):
     assert sorted(os.listdir(base)) == ["1", "2", "notes"]
     assert snapshot(first) == before and os.path.basename(second) == "2"
     assert f"removed {leftover} (1,000 bytes), left over by an interrupted earlier run" in (
-        caplog.text)
+        caplog.text
+    )
     assert f"lock left by {holder.pid} on " in caplog.text
 
 
@@ -833,8 +977,10 @@ def test_cli_errors_are_one_line_exit_2(setup, tmp_path, capsys):
     )
     cases = [
         ([f"--load_model={zip_file}"], "a zip archive without config.json"),
-        ([f"--load_model={small}", f"--processed_data_dir={data_dir}"],
-         "the model was trained on another vocabulary"),
+        (
+            [f"--load_model={small}", f"--processed_data_dir={data_dir}"],
+            "the model was trained on another vocabulary",
+        ),
         ([f"--load_model={tmp_path / 'nope.keras'}"], "nope.keras: no such file"),
     ]
     for args, message in cases:  # the same main(), in this process (faster)
@@ -873,8 +1019,16 @@ def test_raw_signature_follows_the_categorical_mode(tmp_path, capsys, categorica
     model = build_model(small_config(metadata["table_sizes"]))
     checkpoint = tmp_path / "model.keras"
     model.save(checkpoint)
-    assert esm.main([f"--load_model={checkpoint}", f"--export_dir={tmp_path / 'serving'}",
-                     f"--processed_data_dir={metadata['data_dir']}"]) == 0
+    assert (
+        esm.main(
+            [
+                f"--load_model={checkpoint}",
+                f"--export_dir={tmp_path / 'serving'}",
+                f"--processed_data_dir={metadata['data_dir']}",
+            ]
+        )
+        == 0
+    )
     loaded = tf.saved_model.load(capsys.readouterr().out.strip().splitlines()[-1])
     fields = np.array(rows[:8], dtype="S")
     out = loaded.signatures[sig.PREDICT_RAW](fields=tf.constant(fields))["probability"]

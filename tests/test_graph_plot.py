@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
-from dlrm_tf import graph_plot
 from dlrm_tf.config import ModelConfig
-from dlrm_tf.model import DENSE_KEY, SPARSE_KEY, build_model
+from dlrm_tf.model.dlrm import DENSE_KEY, SPARSE_KEY, build_model
+from dlrm_tf.reports import graph_plot
 
 CONFIG = ModelConfig(embedding_dim=4, table_sizes=(10, 7, 5), bottom_mlp=(6, 8, 4), top_mlp=(8, 1))
 BLOCKS = ["bottom_mlp", "embedding_bags", "interaction", "top_mlp"]

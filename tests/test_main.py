@@ -151,7 +151,8 @@ def test_natural_mistakes_end_in_one_error_line(tmp_path):
 
     from cli_check import assert_one_error_line, run_module
 
-    from input_pipeline import convert, synthetic
+    from input_pipeline import convert
+    from input_pipeline import planted_signal as synthetic
 
     notes = tmp_path / "notes.keras"
     notes.write_text("not a model")
@@ -195,7 +196,7 @@ ONE_COMMAND_MODEL = [
 @pytest.fixture(scope="module")
 def kaggle_text(tmp_path_factory):
     """A small Kaggle-shaped train.txt (planted-signal Criteo text)."""
-    from input_pipeline import synthetic
+    from input_pipeline import planted_signal as synthetic
 
     path = tmp_path_factory.mktemp("raw") / "train.txt"
     synthetic.write_text(str(path), num_rows=1400, seed=3)
@@ -396,7 +397,7 @@ def test_run_prints_a_memory_plan_its_files_fit(capsys, tmp_path):
 
 
 def test_too_little_disk_space_refuses_to_start(capsys, tmp_path, monkeypatch):
-    from dlrm_tf import memory
+    from dlrm_tf.training import memory
 
     monkeypatch.setattr(memory, "free_bytes", lambda path: 100_000)
     flagfile = os.path.join(ROOT, "configs", "tiny.flags")

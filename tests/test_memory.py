@@ -3,7 +3,7 @@
 import pytest
 
 from dlrm_tf.config import ModelConfig
-from dlrm_tf.memory import (
+from dlrm_tf.training.memory import (
     DiskSpaceError,
     ModelTooLargeError,
     check_disk,

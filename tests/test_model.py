@@ -7,8 +7,8 @@ import tensorflow as tf
 from oracles import numpy_bags
 
 from dlrm_tf.config import ModelConfig
-from dlrm_tf.layers import MLP, CatInteraction, DotInteraction, EmbeddingBags
-from dlrm_tf.model import DLRM, build_model
+from dlrm_tf.model.dlrm import DLRM, build_model
+from dlrm_tf.model.layers import MLP, CatInteraction, DotInteraction, EmbeddingBags
 
 
 def numpy_mlp(x, layers, last_activation):

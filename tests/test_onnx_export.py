@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from dlrm_tf import onnx_export
 from dlrm_tf.config import ModelConfig
-from dlrm_tf.model import DENSE_KEY, SPARSE_KEY, build_model
-from dlrm_tf.onnx_export import OnnxExportError, save_onnx
+from dlrm_tf.model.dlrm import DENSE_KEY, SPARSE_KEY, build_model
+from export import onnx_export
+from export.onnx_export import OnnxExportError, save_onnx
 
 CONFIG = ModelConfig(
     embedding_dim=4,

@@ -1,4 +1,4 @@
-"""Tests of dlrm_tf.optimizers against NumPy oracles of the PyTorch update rules.
+"""Tests of dlrm_tf.model.optimizers against NumPy oracles of the PyTorch update rules.
 
 The mirrored checks need two logical CPU devices, which must be configured
 before TensorFlow initialises: they run this file as a script in a subprocess
@@ -27,9 +27,9 @@ import tensorflow as tf  # noqa: E402
 from oracles import numpy_bags  # noqa: E402
 
 from dlrm_tf.config import OPTIMIZER_SLOTS, OPTIMIZERS, ModelConfig  # noqa: E402
-from dlrm_tf.layers import EmbeddingBags, replica_local_variable  # noqa: E402
-from dlrm_tf.model import DENSE_KEY, SPARSE_KEY, build_model  # noqa: E402
-from dlrm_tf.optimizers import (  # noqa: E402
+from dlrm_tf.model.dlrm import DENSE_KEY, SPARSE_KEY, build_model  # noqa: E402
+from dlrm_tf.model.layers import EmbeddingBags, replica_local_variable  # noqa: E402
+from dlrm_tf.model.optimizers import (  # noqa: E402
     SparseAdagrad,
     SparseAdam,
     SparseSGD,

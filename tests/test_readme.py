@@ -30,7 +30,7 @@ def test_real_data_commands_run_on_generated_files(tmp_path):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
     env["PYTHONPATH"] = ROOT
     subprocess.run(
-        [sys.executable, "-m", "input_pipeline.synthetic", "--output=train.txt",
+        [sys.executable, "-m", "input_pipeline.planted_signal", "--output=train.txt",
          "--num_rows=2000", "--seed=3"],
         cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120,
     )  # fmt: skip

@@ -14,9 +14,9 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from dlrm_tf import train
 from dlrm_tf.config import ModelConfig
-from dlrm_tf.data import DataConfig, DataSource
+from dlrm_tf.training import trainer as train
+from dlrm_tf.training.data_sources import DataConfig, DataSource
 from tests.test_main import ROOT, run_cli
 
 TINY = os.path.join(ROOT, "configs", "tiny.flags")
@@ -121,8 +121,13 @@ def run_without_learning(tmp_path, init: str, debug_mode: bool = False):
     data = DataConfig(generation="random", data_size=4, seed=42)
     source = DataSource(data, cfg.table_sizes, cfg.num_dense)
     config = train.TrainConfig(
-        mini_batch_size=2, learning_rate=0.0, seed=42, init=init, plot=False,
-        run_dir=str(tmp_path / "run"), debug_mode=debug_mode,
+        mini_batch_size=2,
+        learning_rate=0.0,
+        seed=42,
+        init=init,
+        plot=False,
+        run_dir=str(tmp_path / "run"),
+        debug_mode=debug_mode,
     )
     result = train.run(cfg, config, source, tf.distribute.get_strategy(), log=lambda s: None)
     return cfg, keras_weights_in_reference_order(result.model)
@@ -151,8 +156,12 @@ def test_tiny_run_prints_the_reference_losses():
 
 def test_tiny_debug_run_prints_the_reference_parameters_and_losses(tmp_path):
     proc = run_cli(
-        f"--flagfile={TINY}", "--init=reference", "--debug_mode", "--plot=false",
-        f"--run_dir={tmp_path}/run", cwd=ROOT,
+        f"--flagfile={TINY}",
+        "--init=reference",
+        "--debug_mode",
+        "--plot=false",
+        f"--run_dir={tmp_path}/run",
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -172,10 +181,20 @@ REFERENCE_PARTIAL_BATCH = ["0.645584", "0.751699", "0.821828", "0.730871"]
 
 def test_partial_last_batch_run_prints_the_reference_losses(tmp_path):
     proc = run_cli(
-        "--mini_batch_size=4", "--data_size=30", "--arch_embedding_size=10-20-30",
-        "--arch_sparse_feature_size=4", "--arch_mlp_bot=5-8-4", "--arch_mlp_top=8-1",
-        "--loss_function=bce", "--learning_rate=0.1", "--numpy_rand_seed=7", "--print_freq=2",
-        "--init=reference", "--plot=false", f"--run_dir={tmp_path}/run", cwd=ROOT,
+        "--mini_batch_size=4",
+        "--data_size=30",
+        "--arch_embedding_size=10-20-30",
+        "--arch_sparse_feature_size=4",
+        "--arch_mlp_bot=5-8-4",
+        "--arch_mlp_top=8-1",
+        "--loss_function=bce",
+        "--learning_rate=0.1",
+        "--numpy_rand_seed=7",
+        "--print_freq=2",
+        "--init=reference",
+        "--plot=false",
+        f"--run_dir={tmp_path}/run",
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert printed_losses(proc.stdout) == REFERENCE_PARTIAL_BATCH

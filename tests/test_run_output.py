@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from dlrm_tf.plot import render_history
+from dlrm_tf.reports.plot import render_history
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = re.compile(r"^Finished training it (\d+)/\d+ of epoch \d+, \S+ ms/it, loss (\S+), accuracy")
@@ -112,9 +112,7 @@ def test_tensorboard_tags_and_hparams(run):
     # Train and test on one step axis: the steps of the printed lines and test lines.
     lines = visible_lines(stdout)
     steps = lambda run, tag: [e.step for e in mux.Tensors(run, tag)]  # noqa: E731
-    assert steps(f"{tb}/train", "window_loss") == [
-        int(m[1]) for m in map(TRAIN.match, lines) if m
-    ]
+    assert steps(f"{tb}/train", "window_loss") == [int(m[1]) for m in map(TRAIN.match, lines) if m]
     assert steps(f"{tb}/test", "test_auc") == [int(m[1]) for m in map(TEST.match, lines) if m]
 
     provider = data_provider.MultiplexerDataProvider(mux, str(tmp / "run"))

@@ -42,7 +42,7 @@ def startup_lines() -> set[str]:
         ["-m", "dlrm_tf.main", "--help"],
         ["-m", "input_pipeline.convert", "--help"],
         ["-m", "export.saved_model", "--help"],
-        ["-m", "input_pipeline.synthetic", "--help"],
+        ["-m", "input_pipeline.planted_signal", "--help"],
         ["-m", "export.grpc_client", "--help"],
     ],
     ids=["train", "convert", "export", "synthetic", "grpc_client"],

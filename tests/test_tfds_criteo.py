@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from input_pipeline import synthetic, tfds_criteo
+from input_pipeline import planted_signal as synthetic
+from input_pipeline import tfds_criteo
 
 
 def test_build_and_read_back(tmp_path):

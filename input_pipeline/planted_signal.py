@@ -14,7 +14,7 @@ depend on ``seed``, so training and test files drawn with different seeds share
 it. ``generate`` returns each row's true probability, and ``oracle_auc`` gives
 the AUC the Bayes-optimal scorer reaches, the ceiling a trained model approaches.
 
-CLI: ``python -m input_pipeline.synthetic --output=FILE --num_rows=N --seed=S [--gzip]``.
+CLI: ``python -m input_pipeline.planted_signal --output=FILE --num_rows=N --seed=S [--gzip]``.
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ def rows_of(dataset) -> list[int]:
 def test_generated_source_owns_its_batch_sizes():
     import tensorflow as tf
 
-    from dlrm_tf.data import DataConfig, DataSource, GeneratedSource
+    from dlrm_tf.training.data_sources import DataConfig, DataSource, GeneratedSource
 
     config = DataConfig(generation="random", data_size=21, test_num_batches=2)
     source = DataSource(config, (5, 7), 3)
@@ -141,7 +141,7 @@ def test_generated_source_owns_its_batch_sizes():
 def test_converted_source_owns_its_batch_sizes_and_takes_the_datas_tables(tmp_path):
     import tensorflow as tf
 
-    from dlrm_tf.data import ConvertedSource, DataConfig, DataSource
+    from dlrm_tf.training.data_sources import ConvertedSource, DataConfig, DataSource
 
     data_dir, train_rows = numbered_data(tmp_path, 150)  # 129 train rows
     # The reference's test split: the first of np.array_split's two halves of the last day.

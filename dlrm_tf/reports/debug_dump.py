@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlrm_tf.reference_init import reference_parameters
+from dlrm_tf.model.reference_init import reference_parameters
 from input_pipeline.features import DENSE_KEY, SPARSE_KEY
 
 

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from dlrm_tf.model import DLRM
+from dlrm_tf.model.dlrm import DLRM
 from input_pipeline import errors, safe_files
 
 
@@ -90,9 +90,9 @@ def saved_best_metrics(path: str) -> dict | None:
 
 def load_model(path: str, compile: bool = False) -> DLRM:
     """Loads a model written by ``save_model`` (the custom classes registered)."""
-    import dlrm_tf.losses  # noqa: F401  (registers the loss and metric)
-    import dlrm_tf.optimizers  # noqa: F401  (registers the optimizers)
-    import dlrm_tf.schedules  # noqa: F401  (registers the schedule)
+    import dlrm_tf.model.losses  # noqa: F401  (registers the loss and metric)
+    import dlrm_tf.model.optimizers  # noqa: F401  (registers the optimizers)
+    import dlrm_tf.model.schedules  # noqa: F401  (registers the schedule)
 
     problem = safe_files.keras_archive_problem(path)
     if problem == "no such file":
@@ -150,5 +150,3 @@ def restore_model_state(model: DLRM, path: str, with_optimizer: bool = True) -> 
                 f"{tuple(target.shape)}, saved {value.shape}"
             )
         target.assign(value)
-
-

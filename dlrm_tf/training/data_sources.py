@@ -28,7 +28,7 @@ import math
 
 import tensorflow as tf
 
-from dlrm_tf.strategy import is_multi_worker
+from dlrm_tf.training.strategy import is_multi_worker
 
 GENERATIONS = ("random", "dataset", "synthetic")
 
@@ -131,7 +131,7 @@ class DataSource:
         """The test batches, distributed for ``strategy``.
 
         Under multi-worker training every worker gets the whole test data,
-        undistributed (see ``dlrm_tf.evaluation.Evaluator``).
+        undistributed (see ``dlrm_tf.training.evaluation.Evaluator``).
         """
         raise NotImplementedError
 

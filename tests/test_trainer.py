@@ -226,9 +226,9 @@ STEPS = 4  # training batches per epoch of the generated data below
 
 def small_run(tmp_path, name="run", **overrides):
     """The parts of a run on generated data: model and data config, train config, source."""
-    from dlrm_tf import train
     from dlrm_tf.config import ModelConfig
-    from dlrm_tf.data import DataConfig, DataSource
+    from dlrm_tf.training import trainer as train
+    from dlrm_tf.training.data_sources import DataConfig, DataSource
 
     model_config = ModelConfig(
         embedding_dim=2, table_sizes=(20, 30), bottom_mlp=(4, 2), top_mlp=(1,)
@@ -250,7 +250,7 @@ def model_weights(model):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A run of one epoch that saved its best model; (its result, the model path)."""
-    from dlrm_tf import train
+    from dlrm_tf.training import trainer as train
 
     tmp = tmp_path_factory.mktemp("trained")
     path = str(tmp / "best.keras")
@@ -267,7 +267,7 @@ def tf_default_strategy():
 
 
 def test_build_state_restores_the_saved_model_step_and_best_metrics(tmp_path, trained):
-    from dlrm_tf import train
+    from dlrm_tf.training import trainer as train
 
     result, path = trained
     model_config, config, source = small_run(tmp_path, load_model=path)
@@ -284,8 +284,8 @@ def test_build_state_restores_the_saved_model_step_and_best_metrics(tmp_path, tr
 
 
 def test_make_callbacks_composes_what_the_run_asks_for(tmp_path):
-    from dlrm_tf import callbacks as cb
-    from dlrm_tf import train
+    from dlrm_tf.training import callbacks as cb
+    from dlrm_tf.training import trainer as train
 
     model_config, config, source = small_run(tmp_path, save_model=str(tmp_path / "m.keras"))
     state = train.build_state(model_config, config, source, tf_default_strategy())
@@ -310,7 +310,7 @@ def test_make_callbacks_composes_what_the_run_asks_for(tmp_path):
 def test_fit_epochs_resumes_mid_epoch_and_trains_the_rest(tmp_path, trained):
     import keras
 
-    from dlrm_tf import train
+    from dlrm_tf.training import trainer as train
 
     _, path = trained
     # The saved model holds STEPS steps; two epochs of STEPS leave STEPS to train.
@@ -332,7 +332,7 @@ def test_fit_epochs_resumes_mid_epoch_and_trains_the_rest(tmp_path, trained):
 
 
 def test_write_artifacts_only_on_the_chief(tmp_path, trained):
-    from dlrm_tf import train
+    from dlrm_tf.training import trainer as train
 
     _, path = trained
     model_config, config, source = small_run(tmp_path)
@@ -351,7 +351,7 @@ def test_write_artifacts_only_on_the_chief(tmp_path, trained):
 
 
 def test_load_model_at_the_runs_end_says_it_trains_nothing_then_evaluates(tmp_path, trained):
-    from dlrm_tf import train
+    from dlrm_tf.training import trainer as train
 
     result, path = trained
     for name, num_batches, expected in (("same", STEPS, (STEPS, 0)), ("past", 2, (2, 1))):
@@ -394,7 +394,7 @@ def event_steps(tb_root, tag):
 
 
 def test_reruns_in_one_run_dir_keep_their_tensorboard_curves_apart(tmp_path):
-    from dlrm_tf import train
+    from dlrm_tf.training import trainer as train
 
     artifacts = []
     for _ in range(2):  # the same job twice, with the same run directory

@@ -1,4 +1,4 @@
-"""Tests of the synthetic Criteo-shaped generator (input_pipeline/synthetic.py)."""
+"""Tests of the synthetic Criteo-shaped generator (input_pipeline/planted_signal.py)."""
 
 import gzip
 import itertools
@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from input_pipeline import synthetic
+from input_pipeline import planted_signal as synthetic
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +117,8 @@ def test_write_text_gzip_and_crlf(tmp_path):
 def test_cli(tmp_path):
     out = tmp_path / "cli.txt.gz"
     result = subprocess.run(
-        [sys.executable, "-m", "input_pipeline.synthetic", f"--output={out}", "--num_rows=1000",
-         "--seed=3", "--gzip"],
+        [sys.executable, "-m", "input_pipeline.planted_signal", f"--output={out}",
+         "--num_rows=1000", "--seed=3", "--gzip"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -130,12 +130,12 @@ def test_cli_creates_the_output_directory_and_reports_mistakes_in_one_line(tmp_p
     from cli_check import assert_one_error_line, run_module
 
     output = tmp_path / "new" / "dir" / "train.txt"
-    result = run_module("input_pipeline.synthetic", f"--output={output}", "--num_rows=7")
+    result = run_module("input_pipeline.planted_signal", f"--output={output}", "--num_rows=7")
     assert result.returncode == 0, result.stderr
     assert output.read_text().count("\n") == 7
-    result = run_module("input_pipeline.synthetic", "--num_rows=7")
+    result = run_module("input_pipeline.planted_signal", "--num_rows=7")
     assert_one_error_line(result.returncode, result.stderr, "--output must have a value")
     blocked = tmp_path / "a_file"
     blocked.write_text("")
-    result = run_module("input_pipeline.synthetic", f"--output={blocked}/train.txt")
+    result = run_module("input_pipeline.planted_signal", f"--output={blocked}/train.txt")
     assert_one_error_line(result.returncode, result.stderr, "File exists")

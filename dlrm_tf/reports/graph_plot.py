@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dlrm_tf.model import DENSE_KEY, DLRM, SPARSE_KEY
+from dlrm_tf.model.dlrm import DENSE_KEY, DLRM, SPARSE_KEY
 
 
 def graphviz_available() -> bool:

@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from dlrm_tf.config import LOSSES
-from dlrm_tf.layers import PACKAGE
+from dlrm_tf.model.layers import PACKAGE
 
 # The reference's BCE (torch.nn.BCELoss) clamps each log term at -100.
 _LOG_FLOOR = -100.0

@@ -15,7 +15,7 @@ first step (keras-team/keras#20585 and the scalar-log reduction):
    everything else to Keras.
 
 ``install_keras_workarounds`` applies both, once, and only when a
-multi-worker strategy is requested (``dlrm_tf.strategy.make_strategy``).
+multi-worker strategy is requested (``dlrm_tf.training.strategy.make_strategy``).
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from dlrm_tf.losses import DLRMLoss
-from dlrm_tf.metrics import binary_metrics
-from dlrm_tf.strategy import is_multi_worker
+from dlrm_tf.model.losses import DLRMLoss
+from dlrm_tf.training.metrics import binary_metrics
+from dlrm_tf.training.strategy import is_multi_worker
 
 
 class Evaluator:

@@ -38,7 +38,7 @@ import keras
 import tensorflow as tf
 
 from dlrm_tf.config import OPTIMIZERS
-from dlrm_tf.layers import PACKAGE, replica_local_variable
+from dlrm_tf.model.layers import PACKAGE, replica_local_variable
 
 LearningRate = float | keras.optimizers.schedules.LearningRateSchedule
 
@@ -266,9 +266,7 @@ class SparseAdam(_SparseAwareOptimizer):
 _CLASSES = {"sgd": SparseSGD, "adagrad": SparseAdagrad, "adam": SparseAdam}
 
 
-def make_optimizer(
-    name: str, learning_rate: LearningRate, **kwargs
-) -> keras.optimizers.Optimizer:
+def make_optimizer(name: str, learning_rate: LearningRate, **kwargs) -> keras.optimizers.Optimizer:
     """Creates the optimizer called ``name`` (``sgd``, ``adagrad`` or ``adam``).
 
     Args:
@@ -287,7 +285,5 @@ def make_optimizer(
     try:
         cls = _CLASSES[name]
     except KeyError:
-        raise ValueError(
-            f"unknown optimizer {name!r}: expected one of {OPTIMIZERS}"
-        ) from None
+        raise ValueError(f"unknown optimizer {name!r}: expected one of {OPTIMIZERS}") from None
     return cls(learning_rate=learning_rate, **kwargs)

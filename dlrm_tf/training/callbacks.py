@@ -1,4 +1,4 @@
-"""Keras callbacks of a training run, one job each, composed by ``dlrm_tf.train``.
+"""Keras callbacks of a training run, one job each, composed by ``dlrm_tf.training.trainer``.
 
 ``ProgressPrinter`` prints the reference's training lines, ``DivergenceGuard``
 stops at a non-finite loss, ``PeriodicEvaluator`` evaluates every
@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dlrm_tf.metrics import NonFiniteScoresError
+from dlrm_tf.training.metrics import NonFiniteScoresError
 
 
 class TrainingDivergedError(ValueError):

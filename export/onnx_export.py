@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from dlrm_tf.model import DENSE_KEY, DLRM, SPARSE_KEY
+from dlrm_tf.model.dlrm import DENSE_KEY, DLRM, SPARSE_KEY
 
 INSTALL_HINT = "pip install 'dlrm-tf[onnx]' (tf2onnx, onnx and onnxruntime)"
 SERVING_HINT = (
@@ -245,7 +245,7 @@ def save_onnx(
     """Exports ``model`` to the ONNX file ``path`` and checks it with onnxruntime.
 
     Args:
-      model: a built DLRM (any Keras model taking the dict of ``dlrm_tf.model``).
+      model: a built DLRM (any Keras model taking the dict of ``dlrm_tf.model.dlrm``).
       path: the ``.onnx`` file to write (its directory is created).
       example_inputs: ``{"dense_features": [B, n_dense], "sparse_features": [B, T]
         or [B, T, H]}``: give the input widths (batch and bag length stay

@@ -82,7 +82,7 @@ def make_strategy(name: str, devices: list[str]) -> tf.distribute.Strategy:
         json.loads(os.environ["TF_CONFIG"])
     except json.JSONDecodeError as err:
         raise DeviceError(f"TF_CONFIG is not valid JSON: {err}") from err
-    from dlrm_tf import multi_worker
+    from dlrm_tf.training import multi_worker
 
     multi_worker.install_keras_workarounds()
     return tf.distribute.MultiWorkerMirroredStrategy()

@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from dlrm_tf.config import ModelConfig
-from dlrm_tf.layers import MLP, PACKAGE, CatInteraction, DotInteraction, EmbeddingBags
+from dlrm_tf.model.layers import MLP, PACKAGE, CatInteraction, DotInteraction, EmbeddingBags
 from input_pipeline.features import DENSE_KEY, SPARSE_KEY
 
 

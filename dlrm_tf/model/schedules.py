@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from dlrm_tf.layers import PACKAGE
+from dlrm_tf.model.layers import PACKAGE
 
 MIN_DECAY_LR = 1e-7
 

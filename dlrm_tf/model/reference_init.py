@@ -120,14 +120,16 @@ def initial_stream(
 
         for n in replayed_batches:
             random_batch(
-                rng, table_sizes, num_dense, n, num_indices_per_lookup,
+                rng,
+                table_sizes,
+                num_dense,
+                n,
+                num_indices_per_lookup,
                 num_indices_per_lookup_fixed,
             )
     return rng
 
 
-def initialize_as_reference(
-    model, model_config: ModelConfig, rng: np.random.RandomState
-) -> None:
+def initialize_as_reference(model, model_config: ModelConfig, rng: np.random.RandomState) -> None:
     """Draws the reference's initial weights from ``rng`` and assigns them to ``model``."""
     assign_reference_weights(model, draw_reference_weights(model_config, rng))

@@ -4,7 +4,7 @@
 (seed, precision, memory and batch checks), ``build_state`` (the model,
 compiled, with ``--load_model`` restored), ``restore_backup``,
 ``announce_nothing_to_train``, ``make_callbacks`` (composes the callbacks of
-``dlrm_tf.callbacks``: the reference's printed lines, evaluation every
+``dlrm_tf.training.callbacks``: the reference's printed lines, evaluation every
 ``test_freq`` steps, TensorBoard, the best model by test AUC and crash-safe
 backups), ``fit_epochs`` (one ``fit`` call per epoch, so a resumed run can
 start mid-epoch), ``final_test`` and ``write_artifacts``.
@@ -22,17 +22,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dlrm_tf import backups, memory, model_files
-from dlrm_tf import callbacks as cb
 from dlrm_tf.config import INITIALIZERS, ConfigError, ModelConfig
-from dlrm_tf.data import DataSource
-from dlrm_tf.debug_dump import print_debug, print_parameters
-from dlrm_tf.evaluation import Evaluator
-from dlrm_tf.losses import DLRMLoss, RoundedAccuracy
-from dlrm_tf.model import DLRM, build_model
-from dlrm_tf.reference_init import initial_stream, initialize_as_reference
-from dlrm_tf.schedules import WarmupPolyDecay
-from dlrm_tf.strategy import is_chief, task_name
+from dlrm_tf.model import saving as model_files
+from dlrm_tf.model.dlrm import DLRM, build_model
+from dlrm_tf.model.losses import DLRMLoss, RoundedAccuracy
+from dlrm_tf.model.reference_init import initial_stream, initialize_as_reference
+from dlrm_tf.model.schedules import WarmupPolyDecay
+from dlrm_tf.reports.debug_dump import print_debug, print_parameters
+from dlrm_tf.training import backups, memory
+from dlrm_tf.training import callbacks as cb
+from dlrm_tf.training.data_sources import DataSource
+from dlrm_tf.training.evaluation import Evaluator
+from dlrm_tf.training.strategy import is_chief, task_name
 from input_pipeline.random_data import batch_sizes
 
 
@@ -126,7 +127,7 @@ def make_loss(config: TrainConfig) -> DLRMLoss:
 
 def compile_model(model: DLRM, config: TrainConfig) -> None:
     """Compiles with the sparse-update optimizer, the reference's schedule and loss."""
-    from dlrm_tf.optimizers import make_optimizer
+    from dlrm_tf.model.optimizers import make_optimizer
 
     schedule = WarmupPolyDecay(
         config.learning_rate,
@@ -521,7 +522,7 @@ def write_artifacts(
             )
         artifacts["model"] = cfg.save_model
     if cfg.plot and cbs.history.records:
-        from dlrm_tf.plot import plot_history
+        from dlrm_tf.reports.plot import plot_history
 
         png = plot_history(
             cbs.history.records,

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import tensorflow as tf
 from absl import logging
 
-from dlrm_tf.model import DLRM
+from dlrm_tf.model.dlrm import DLRM
 from input_pipeline import safe_files
 
 BACKUPS_KEPT = 2  # the newest backups a Backup keeps

@@ -1,0 +1,1 @@
+"""Training a DLRM: trainer, callbacks, data sources, checkpoints, evaluation, devices."""
