@@ -1,1 +1,1 @@
-"""The DLRM model: layers, the model, its optimizers, losses and learning-rate schedules."""
+"""The DLRM model: layers, the model, optimizers, losses, schedules, model files, init."""

@@ -1,1 +1,1 @@
-"""Training a DLRM: trainer, callbacks, data sources, checkpoints, evaluation, devices."""
+"""Training a DLRM: trainer, callbacks, data sources, backups, evaluation, devices."""
