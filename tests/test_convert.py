@@ -479,21 +479,21 @@ def test_bad_line_error_names_file_and_line(tmp_path, lines, case):
     assert not (tmp_path / "out").exists()
 
 
+def convert_skipping_bad_lines(raw, out):
+    """Hashed ids in file order, bad lines skipped and counted."""
+    return convert.convert(
+        "kaggle", raw, out, max_ind_range=10, categorical="hash", bad_lines="skip",
+        data_randomize="none",
+    )  # fmt: skip
+
+
 def test_bad_lines_skip_counts_and_keeps_boundaries(tmp_path, lines):
     cases = _bad_line_cases(lines[0])
     body = list(lines[:70])
     for k, (bad, _) in enumerate(cases.values()):
         body[3 + 5 * k] = bad  # all in day 0 (train)
     raw = write_lines(tmp_path / "train.txt", body)
-    metadata = convert.convert(
-        "kaggle",
-        raw,
-        tmp_path / "out",
-        max_ind_range=10,
-        categorical="hash",
-        bad_lines="skip",
-        data_randomize="none",
-    )
+    metadata = convert_skipping_bad_lines(raw, tmp_path / "out")
     sizes, _ = reference_splits(70)
     assert metadata["bad_lines"]["skipped"] == len(cases)
     assert metadata["rows"] == {**sizes, "train": sizes["train"] - len(cases)}
@@ -786,15 +786,7 @@ def test_long_bad_lines_are_skipped_and_kept_short(tmp_path, lines):
     raw = write_lines(tmp_path / "train.txt", body, final_newline=False)
     with pytest.raises(convert.BadInputError, match=":4: line longer than 1048576 bytes"):
         convert.convert("kaggle", raw, tmp_path / "strict", max_ind_range=10, categorical="hash")
-    metadata = convert.convert(
-        "kaggle",
-        raw,
-        tmp_path / "out",
-        max_ind_range=10,
-        categorical="hash",
-        bad_lines="skip",
-        data_randomize="none",
-    )
+    metadata = convert_skipping_bad_lines(raw, tmp_path / "out")
     sizes, _ = reference_splits(70)  # the skipped lines keep their place in the split
     assert metadata["rows"] == {**sizes, "train": sizes["train"] - 3, "validation": 4}
     examples = metadata["bad_lines"]["examples"]
