@@ -30,7 +30,6 @@ from input_pipeline.features import DENSE_KEY, SPARSE_KEY
 from input_pipeline.metadata import Metadata
 from input_pipeline.metadata import read as read_metadata
 
-SPLIT_NAMES = ("train", "test", "validation")
 _MAX_ORDERED_CYCLE = 64
 _BLOCK_SPEC = {
     "num_rows": tf.io.FixedLenFeature([], tf.int64),

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
+SPLITS = ("train", "test", "validation")  # a dataset's splits, in this order
 FILE_NAME = "metadata.json"
 
 

@@ -24,7 +24,6 @@ from input_pipeline.convert.reading import count_source_lines
 from input_pipeline.convert.settings import (
     DEFAULT_BLOCK_ROWS,
     DEFAULT_NUM_SHARDS,
-    SPLITS,
     TEST,
     TRAIN,
     VALIDATION,
@@ -34,6 +33,7 @@ from input_pipeline.convert.settings import (
 from input_pipeline.convert.shards import SplitWriter
 from input_pipeline.convert.sources import Source, resolve_sources
 from input_pipeline.convert.split_plan import SplitPlan, kaggle_day_sizes, plan_splits
+from input_pipeline.metadata import SPLITS
 
 
 def count_lines_pass(sources: list[Source], settings: Settings, bad_lines: BadLines) -> SplitPlan:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-FORMAT_VERSION = 1
-SPLITS = ("train", "test", "validation")
 DEFAULT_BLOCK_ROWS = 4096
 DEFAULT_NUM_SHARDS = 8
 KAGGLE_DAYS = 7
