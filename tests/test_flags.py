@@ -19,6 +19,7 @@ OTHER_CLI_FLAGS = {
     "overwrite",
     "version",
     "frequency_threshold",
+    "categorical",
     "manual_dir",
 }
 
@@ -26,9 +27,9 @@ OTHER_CLI_FLAGS = {
 def message_fields() -> dict[str, set[str]]:
     """`field` names in the string literals (not docstrings) of the library modules."""
     found: dict[str, set[str]] = {}
-    for path in sorted(glob.glob(os.path.join(ROOT, "*", "*.py"))):
-        if os.path.basename(os.path.dirname(path)) not in ("dlrm_tf", "input_pipeline", "export"):
-            continue
+    packages = ("dlrm_tf", "input_pipeline", "export")
+    paths = (p for d in packages for p in glob.glob(f"{ROOT}/{d}/**/*.py", recursive=True))
+    for path in sorted(paths):
         tree = ast.parse(open(path, encoding="utf-8").read())
         docstrings = {
             id(node.body[0].value)

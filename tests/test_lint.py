@@ -26,7 +26,7 @@ def test_ruff_check_is_clean():
 def _library_nodes():
     """(place, AST node) of every node in the packages' and benches' Python files."""
     for package in ("dlrm_tf", "input_pipeline", "export", "bench"):
-        for path in sorted(glob.glob(os.path.join(ROOT, package, "*.py"))):
+        for path in sorted(glob.glob(os.path.join(ROOT, package, "**", "*.py"), recursive=True)):
             with open(path, encoding="utf-8") as f:
                 tree = ast.parse(f.read())
             for node in ast.walk(tree):
