@@ -212,3 +212,21 @@ def test_one_device_trains_as_replicated(tmp_path):
     assert len(replicated) == len(table_wise) == 12  # 4 tables, 4 + 4 MLP kernels and biases
     for a, b in zip(replicated, table_wise, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_readme_example_is_the_plan_of_criteo_kaggle():
+    from input_pipeline.criteo import KAGGLE_CARDINALITIES
+
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index("#### Placement") :]
+    start = section.index("```\n") + 4
+    block = section[start : section.index("\n```", start)]
+    kaggle = ModelConfig(
+        embedding_dim=16, table_sizes=KAGGLE_CARDINALITIES, bottom_mlp=(13, 512, 256, 64, 16),
+        top_mlp=(512, 256, 1),
+    )  # fmt: skip
+    gpus = [f"GPU:{i}" for i in range(4)]
+    assert block.splitlines() == format_placement(plan_placement(kaggle, "adagrad", gpus, "auto"))
+    replicated = plan_placement(kaggle, "adagrad", gpus).device_bytes()["GPU:0"]
+    assert f"`replicated` would put {replicated / 2**30:.3f} GiB on each" in " ".join(text.split())
