@@ -230,3 +230,19 @@ def test_the_readme_example_is_the_plan_of_criteo_kaggle():
     assert block.splitlines() == format_placement(plan_placement(kaggle, "adagrad", gpus, "auto"))
     replicated = plan_placement(kaggle, "adagrad", gpus).device_bytes()["GPU:0"]
     assert f"`replicated` would put {replicated / 2**30:.3f} GiB on each" in " ".join(text.split())
+
+
+def test_the_devices_of_several_workers_are_named_by_worker():
+    from types import SimpleNamespace
+
+    from dlrm_tf.training.trainer import plan_devices
+
+    local = tuple(f"/job:worker/replica:0/task:0/device:CPU:{i}" for i in range(2))
+    two_workers = SimpleNamespace(extended=SimpleNamespace(worker_devices=local),
+                                  num_replicas_in_sync=4)  # fmt: skip
+    assert plan_devices(two_workers) == [
+        "worker 0 CPU:0", "worker 0 CPU:1", "worker 1 CPU:0", "worker 1 CPU:1",
+    ]  # fmt: skip
+    one_host = SimpleNamespace(extended=SimpleNamespace(worker_devices=local),
+                               num_replicas_in_sync=2)  # fmt: skip
+    assert plan_devices(one_host) == ["CPU:0", "CPU:1"]

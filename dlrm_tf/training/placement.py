@@ -101,7 +101,7 @@ def _assign(
     """The greedy table-wise assignment: table index -> device (``held`` is updated)."""
     where = {}
     for table in sorted(tables, key=lambda t: (-t.bytes, t.table)):
-        device = min(devices, key=lambda d: (held[d], devices.index(d)))
+        device = min(devices, key=held.__getitem__)  # min keeps the first: ties by order
         if limit is not None and held[device] + table.bytes > limit:
             _refuse(table, f"{device} (the least loaded device)", held[device], limit, optimizer)
         held[device] += table.bytes
