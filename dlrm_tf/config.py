@@ -15,6 +15,9 @@ LOSSES = ("mse", "bce", "wbce")
 # two moments); its keys are the optimizers' names.
 OPTIMIZER_SLOTS = {"sgd": 0, "adagrad": 1, "adam": 2}
 OPTIMIZERS = tuple(OPTIMIZER_SLOTS)
+# Where the embedding tables live on several devices (``dlrm_tf.training.placement``):
+# a copy on every device, each table on one device, or small tables copied, the rest spread.
+PLACEMENTS = ("replicated", "table_wise", "auto")
 # Where the initial weights come from: Keras's generator, or the reference's NumPy draws.
 INITIALIZERS = ("keras", "reference")
 

@@ -19,6 +19,7 @@ from dlrm_tf.config import (
     INTERACTIONS,
     LOSSES,
     OPTIMIZERS,
+    PLACEMENTS,
     ArtifactsConfig,
     ConfigError,
     ModelConfig,
@@ -157,6 +158,15 @@ flags.DEFINE_bool("use_gpu", False, "Train on GPU(s); fails if there is none.")
 flags.DEFINE_integer("num_gpus", 0, "GPUs to use with --use_gpu (0 = all).")
 flags.DEFINE_integer(
     "num_cpu_replicas", 0, "Split the CPU into N logical devices (tests the mirrored path)."
+)
+flags.DEFINE_enum(
+    "embedding_placement",
+    "replicated",
+    list(PLACEMENTS),
+    "Where the embedding tables live on several devices: a copy on every device, "
+    "table_wise (each table on one device, memory-balanced), or auto (tables under 1 MiB "
+    "copied, the rest table_wise). Only the plan exists yet: table_wise/auto over several "
+    "devices print it and stop.",
 )
 flags.DEFINE_enum(
     "mixed_precision", "none", ["none", "bfloat16", "float16"], "Mixed-precision policy."
@@ -342,6 +352,7 @@ def train_config(values: flags.FlagValues, run_dir: str) -> TrainConfig:
         backup_every=values.backup_every,
         export_dir=values.export_dir,
         mixed_precision=values.mixed_precision,
+        embedding_placement=values.embedding_placement,
         jit_compile=values.jit_compile,
         steps_per_execution=values.steps_per_execution,
         plot=values.plot,

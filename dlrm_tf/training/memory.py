@@ -15,6 +15,7 @@ from dlrm_tf.config import OPTIMIZER_SLOTS, ModelConfig
 # Room for activations, gradients of the batch, the input pipeline and the runtime.
 HEADROOM = 1.25
 GIB = 2**30
+BYTES_PER_VALUE = 4  # float32 weights and slots
 # Besides the variables (measured: tens of KB): a .keras file's config and HDF5
 # headers, a backup's index; a SavedModel's graph and warm-up requests (1-2 MB).
 CHECKPOINT_EXTRA_BYTES = 1 << 20
@@ -40,6 +41,11 @@ def parameter_counts(config: ModelConfig) -> tuple[int, int]:
     for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
         mlp += fan_in * fan_out + fan_out
     return embedding, mlp
+
+
+def trained_bytes(params: int, optimizer: str) -> int:
+    """Bytes of ``params`` float32 weights plus the slots ``optimizer`` keeps for them."""
+    return params * BYTES_PER_VALUE * (1 + OPTIMIZER_SLOTS[optimizer])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +95,8 @@ def memory_plan(
         table_rows=sum(config.table_sizes),
         embedding_dim=config.embedding_dim,
         optimizer=optimizer,
-        table_bytes=embedding * 4,
-        mlp_bytes=mlp * 4,
+        table_bytes=embedding * BYTES_PER_VALUE,
+        mlp_bytes=mlp * BYTES_PER_VALUE,
         replicas_per_host=replicas_per_host,
         export_assets=export_assets,
     )
@@ -104,7 +110,7 @@ def vocabulary_bytes(metadata: dict | None) -> int:
     return sum(os.path.getsize(os.path.join(metadata["data_dir"], p)) for p in files)
 
 
-def _gib(num_bytes: float) -> str:
+def format_bytes(num_bytes: float) -> str:
     """GiB with 3 decimals; below 0.01 GiB, MiB with 1 (a small plan stays readable)."""
     if num_bytes < GIB / 100:
         return f"{num_bytes / 2**20:.1f} MiB"
@@ -115,12 +121,13 @@ def format_plan(plan: MemoryPlan, device: str = "host memory") -> str:
     """The plan as one line: per replica, in ``device``, and on disk."""
     return (
         f"Memory plan: per replica: tables {plan.table_rows:,} rows x "
-        f"{plan.embedding_dim} = {_gib(plan.table_bytes)}, their {plan.optimizer} slots "
-        f"{_gib(plan.table_bytes * plan.slots)}; MLPs {_gib(plan.mlp_bytes)}, their slots "
-        f"{_gib(plan.mlp_bytes * plan.slots)}; {plan.replicas_per_host} replica(s) in "
-        f"{device}: {_gib(plan.host_bytes)}. Disk: a checkpoint (--save_model, each "
-        f"--backup_dir backup) {_gib(plan.checkpoint_bytes)}, an export (--export_dir) "
-        f"{_gib(plan.export_bytes)}"
+        f"{plan.embedding_dim} = {format_bytes(plan.table_bytes)}, their {plan.optimizer} "
+        f"slots {format_bytes(plan.table_bytes * plan.slots)}; MLPs "
+        f"{format_bytes(plan.mlp_bytes)}, their slots "
+        f"{format_bytes(plan.mlp_bytes * plan.slots)}; {plan.replicas_per_host} replica(s) in "
+        f"{device}: {format_bytes(plan.host_bytes)}. Disk: a checkpoint (--save_model, each "
+        f"--backup_dir backup) {format_bytes(plan.checkpoint_bytes)}, an export (--export_dir) "
+        f"{format_bytes(plan.export_bytes)}"
     )
 
 
@@ -247,13 +254,13 @@ def check_disk(
         total = sum(n.bytes for n in group)
         available = free(group[0].path)
         if total > available:
-            parts = ", ".join(f"{n.what} for {n.flag} {_gib(n.bytes)}" for n in group)
+            parts = ", ".join(f"{n.what} for {n.flag} {format_bytes(n.bytes)}" for n in group)
             first = group[0]
             raise DiskSpaceError(
                 f"{first.flag}={first.path}: its file system (at "
-                f"{nearest_existing(first.path)}) has {_gib(available)} free, the run will "
-                f"write {_gib(total)} there ({parts}): free space, choose a path on another "
-                "disk, or shrink the tables (see the memory plan)"
+                f"{nearest_existing(first.path)}) has {format_bytes(available)} free, the run "
+                f"will write {format_bytes(total)} there ({parts}): free space, choose a path on "
+                "another disk, or shrink the tables (see the memory plan)"
             )
 
 

@@ -33,6 +33,7 @@ from dlrm_tf.training import backups, memory
 from dlrm_tf.training import callbacks as cb
 from dlrm_tf.training.data_sources import DataSource
 from dlrm_tf.training.evaluation import Evaluator
+from dlrm_tf.training.placement import PlacementPlan, plan_and_print
 from dlrm_tf.training.strategy import is_chief, task_name
 from input_pipeline.random_data import batch_sizes
 
@@ -69,6 +70,7 @@ class TrainConfig:
     backup_every: int = 1000
     export_dir: str = ""  # written after the run (job.py); its disk space is checked first
     mixed_precision: str = "none"
+    embedding_placement: str = "replicated"  # one of config.PLACEMENTS
     jit_compile: bool = False
     steps_per_execution: int = 1
     plot: bool = True
@@ -254,7 +256,8 @@ def prepare_run(
     model_config: ModelConfig, cfg: TrainConfig, source: DataSource, strategy, log=print
 ) -> None:
     """Seeds, sets the precision, prints the memory plan and checks memory, disk space
-    and batch before any model exists."""
+    and batch before any model exists; prints the ``embedding_placement`` plan unless
+    replicated (``plan_tables``)."""
     keras.utils.set_random_seed(cfg.seed)
     set_precision(cfg.mixed_precision)
     replicas = strategy.num_replicas_in_sync
@@ -269,11 +272,40 @@ def prepare_run(
         backup_copies=backups.BACKUPS_KEPT + 1,
         export_assets=memory.vocabulary_bytes(source.metadata),
     )  # fmt: skip
+    if cfg.embedding_placement != "replicated":
+        plan_tables(model_config, cfg, strategy, log)
     if cfg.mini_batch_size % replicas:
         raise ValueError(
             f"`mini_batch_size`={cfg.mini_batch_size} (the global batch) must be divisible by "
             f"the {replicas} replicas"
         )
+
+
+def plan_devices(strategy: tf.distribute.Strategy) -> list[str]:
+    """Every replica's device, e.g. ``CPU:0``, or ``worker 1 CPU:0`` over several workers
+    (each worker is taken to have this process's devices)."""
+    local = [d.split("/device:")[-1] for d in _local_devices(strategy)]
+    workers = max(strategy.num_replicas_in_sync // len(local), 1)
+    if workers == 1:
+        return local
+    return [f"worker {w} {d}" for w in range(workers) for d in local]
+
+
+def plan_tables(
+    model_config: ModelConfig, cfg: TrainConfig, strategy: tf.distribute.Strategy, log=print
+) -> PlacementPlan:
+    """Prints the ``embedding_placement`` plan; refuses a plan that spreads the tables
+    over several devices, which training cannot do yet (it would silently replicate)."""
+    plan = plan_and_print(
+        model_config, cfg.optimizer, plan_devices(strategy), cfg.embedding_placement, log
+    )
+    if plan.spread:
+        raise ConfigError(
+            f"`embedding_placement`={cfg.embedding_placement}: spreading tables over devices "
+            f"is not available yet (the plan above puts them on {len(plan.devices)} devices); "
+            "use `embedding_placement`=replicated, or one device"
+        )
+    return plan
 
 
 def build_state(
