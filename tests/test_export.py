@@ -927,7 +927,7 @@ def test_second_export_into_a_base_is_refused_while_one_runs(tmp_path):
         with pytest.raises(
             safe_files.OutputLockedError,
             match=(
-                rf"--export_dir={re.escape(str(base))} is being written by another process "
+                rf"`export_dir`={re.escape(str(base))} is being written by another process "
                 rf"\(pid {holder.pid} on "
             ),
         ):

@@ -360,6 +360,7 @@ def test_load_model_at_the_runs_end_says_it_trains_nothing_then_evaluates(tmp_pa
             tmp_path, name, load_model=path, num_batches=num_batches
         )
         again = train.run(model_config, config, source, tf_default_strategy(), lines.append)
+        assert lines.pop(0).startswith("Memory plan: ")  # printed before any model exists
         # One line says what will happen, before anything else happens.
         assert lines[0].startswith("Loaded model state") and lines[1] == (
             f"Nothing to train: the model from {path} is at step {STEPS}, at or past this "

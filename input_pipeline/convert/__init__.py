@@ -70,31 +70,29 @@ files it lists). One converter at a time writes an output (a lock file next to i
 a run removes the temporary directories interrupted runs left for the same output.
 """
 
-from input_pipeline.convert.job import convert
-from input_pipeline.convert.output_dir import dataset_files
-from input_pipeline.convert.parsing import BadLines
-from input_pipeline.convert.reading import (
-    MAX_LINE_BYTES,
-    chunk_lines,
-    count_source_lines,
-    iter_chunks,
-)
-from input_pipeline.convert.records import serialize_block
-from input_pipeline.convert.settings import BadInputError
-from input_pipeline.convert.sources import Source, resolve_sources
-from input_pipeline.convert.split_plan import kaggle_day_sizes
+import importlib
 
-__all__ = [
-    "MAX_LINE_BYTES",
-    "BadInputError",
-    "BadLines",
-    "chunk_lines",
-    "Source",
-    "convert",
-    "count_source_lines",
-    "dataset_files",
-    "iter_chunks",
-    "kaggle_day_sizes",
-    "resolve_sources",
-    "serialize_block",
-]
+# Where each public name lives. Resolved on first use, so that running the
+# command (``python -m input_pipeline.convert``) can quiet TensorFlow's start-up
+# lines before anything imports TensorFlow.
+_PUBLIC = {
+    "convert": "job",
+    "dataset_files": "output_dir",
+    "BadLines": "parsing",
+    "MAX_LINE_BYTES": "reading",
+    "chunk_lines": "reading",
+    "count_source_lines": "reading",
+    "iter_chunks": "reading",
+    "serialize_block": "records",
+    "BadInputError": "settings",
+    "Source": "sources",
+    "resolve_sources": "sources",
+    "kaggle_day_sizes": "split_plan",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
