@@ -1,5 +1,7 @@
-"""Command-line flags: the reference DLRM's options in snake_case, plus this project's own,
-and their translation into the typed configs of a run (``run_config``).
+"""Command-line flags (the reference's names in snake_case) and the run's configs from them.
+
+The reference DLRM's options plus this project's own, and their translation into
+the typed configs of a run (``run_config``).
 
 Only ``run_config`` and its helpers read these; everything else takes the typed
 configs of ``dlrm_tf.config`` / ``dlrm_tf.training.data_sources`` / ``dlrm_tf.training.trainer`` /

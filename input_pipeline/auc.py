@@ -1,5 +1,4 @@
-"""Exact ROC AUC in NumPy, for the trainer's test metrics and the planted-signal
-generator's oracle.
+"""Exact ROC AUC in NumPy, shared by the trainer's metrics and the generators' oracle.
 
 The exact area under the ROC curve over all predictions (no thresholds or
 buckets): the Mann-Whitney statistic with tied scores given their average rank,

@@ -1,5 +1,7 @@
-"""File safety for every writer of outputs: one writer per output, publish only
-complete results, remove only leftovers of our own kind, trust no recorded path.
+"""File safety for every writer of outputs: locks, complete publishing, confined paths.
+
+One writer per output, publish only complete results, remove only leftovers of
+our own kind, trust no recorded path.
 
 Used by the converter, the TFDS builder, the SavedModel exporter, the model
 saver and the backups. It lives in ``input_pipeline`` and imports nothing but

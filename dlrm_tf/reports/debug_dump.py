@@ -1,5 +1,7 @@
-"""The reference's ``--debug_mode`` dump: the architecture, the first batches and the
-initial parameters, printed as the reference prints them."""
+"""The reference's ``--debug_mode`` dump: architecture, first batches, parameters.
+
+Printed as the reference prints them: the initial parameters before training,
+the updated ones after it."""
 
 from __future__ import annotations
 

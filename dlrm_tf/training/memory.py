@@ -1,5 +1,7 @@
-"""Up-front memory and disk arithmetic: fail before building tables that cannot fit
-or training a model whose checkpoint or export cannot be written."""
+"""The memory plan and disk check: fail before tables or outputs that cannot fit.
+
+Up-front arithmetic: refuse to build tables that cannot fit in memory, or to train
+a model whose checkpoint or export cannot be written."""
 
 from __future__ import annotations
 
