@@ -23,6 +23,8 @@ from typing import Any
 
 from absl import logging
 
+from input_pipeline import metadata as metadata_file
+
 DATA_SETS = ("kaggle", "terabyte")
 RANDOMIZE = ("total", "day", "none")
 
@@ -74,7 +76,7 @@ class ConversionConfig:
 
 
 def _has_dataset(directory: str) -> bool:
-    return os.path.isfile(os.path.join(directory, "metadata.json"))
+    return os.path.isfile(os.path.join(directory, metadata_file.FILE_NAME))
 
 
 def ensure_converted(config: ConversionConfig) -> dict[str, Any] | None:
@@ -89,7 +91,7 @@ def ensure_converted(config: ConversionConfig) -> dict[str, Any] | None:
     """
     directory = config.processed_data_dir
     if _has_dataset(directory):
-        check_metadata(config, _read_metadata(directory))
+        check_metadata(config, metadata_file.read(directory))
         return None
     if not config.raw_data_file:
         return None  # the reader then says there is no data, and how to make it
@@ -112,7 +114,7 @@ def ensure_converted(config: ConversionConfig) -> dict[str, Any] | None:
         if not _has_dataset(directory):
             raise  # something else is there, not a dataset: the converter's error says so
         # Another run converted it while this one waited for the lock: reuse it.
-        check_metadata(config, _read_metadata(directory))
+        check_metadata(config, metadata_file.read(directory))
         return None
     print(f"Converted in {time.time() - started:.1f} s: {metadata['rows']} rows")
     return metadata
@@ -149,12 +151,6 @@ def _mismatch(config: ConversionConfig, made_with: str, wanted: str) -> None:
         f"not {wanted}: remove that directory to convert again, or choose "
         "another `processed_data_dir`"
     )
-
-
-def _read_metadata(directory: str) -> dict[str, Any]:
-    from input_pipeline.dataset import read_metadata
-
-    return read_metadata(directory)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 
 import tensorflow as tf
 
@@ -172,17 +171,20 @@ class GeneratedSource(DataSource):
         # Like the reference, generated data is tested only when --test_freq asks for it.
         return test_freq > 0
 
+    def _batch_sizes(self) -> list[int]:
+        """The epoch's batch sizes, by the generators' own rule (``random_data.batch_sizes``)."""
+        from input_pipeline.random_data import batch_sizes
+
+        cfg = self.config
+        if cfg.num_batches <= 0 and cfg.data_size <= 0:
+            raise self._no_steps_error(f"`data_size`={cfg.data_size}")
+        return batch_sizes(self.global_batch, cfg.num_batches, cfg.data_size)
+
     def steps_per_epoch(self) -> int:
-        if self.config.num_batches > 0:
-            return self.config.num_batches
-        steps = math.ceil(self.config.data_size / self.global_batch)
-        if steps <= 0:
-            raise self._no_steps_error(f"`data_size`={self.config.data_size}")
-        return steps
+        return len(self._batch_sizes())
 
     def examples_per_epoch(self) -> int:
-        full = self.steps_per_epoch() * self.global_batch
-        return full if self.config.num_batches > 0 else min(full, self.config.data_size)
+        return sum(self._batch_sizes())
 
     def test_steps(self) -> int:
         return self.config.test_num_batches or self.steps_per_epoch()
@@ -215,11 +217,8 @@ class GeneratedSource(DataSource):
         return random_dataset(reference_stream=True, **common)
 
     def train_dataset(self, strategy: tf.distribute.Strategy, epoch: int = 0, skip: int = 0):
-        cfg = self.config
-        if cfg.num_batches > 0:
-            ds = self._generated(self.global_batch, cfg.num_batches, cfg.seed)
-        else:  # the reference's epoch of data_size rows, its last batch partial
-            ds = self._generated(self.global_batch, 0, cfg.seed, data_size=cfg.data_size)
+        cfg = self.config  # without num_batches: data_size rows, the last batch partial
+        ds = self._generated(self.global_batch, cfg.num_batches, cfg.seed, cfg.data_size)
         return _distribute(strategy, ds.skip(skip))
 
     def test_dataset(self, strategy: tf.distribute.Strategy):
@@ -242,9 +241,9 @@ class ConvertedSource(DataSource):
         test_batch: int = 0,
     ) -> None:
         """The table sizes and dense width are the data's (from its metadata.json)."""
-        from input_pipeline import dataset as files
+        from input_pipeline import metadata as metadata_file
 
-        metadata = files.read_metadata(config.processed_data_dir)
+        metadata = metadata_file.read(config.processed_data_dir)
         num_dense = int(metadata.get("num_dense", num_dense))
         table_sizes = tuple(metadata["table_sizes"])
         super().__init__(config, table_sizes, num_dense, global_batch, test_batch)
