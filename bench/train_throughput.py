@@ -42,6 +42,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.machine import cpu_model  # noqa: E402  (run as a script: the repo root first)
+from bench.op_profile import ProfileSteps, breakdown  # noqa: E402
 from dlrm_tf import flags as dlrm_flags  # noqa: E402  (the trainer's flags and their configs)
 from dlrm_tf import job  # noqa: E402
 from dlrm_tf.model.dlrm import build_model
@@ -49,6 +50,11 @@ from dlrm_tf.training.trainer import compile_model, set_precision
 
 flags.DEFINE_integer("bench_warmup_steps", 15, "Steps not timed.")
 flags.DEFINE_integer("bench_steps", 60, "Steps timed.")
+flags.DEFINE_integer(
+    "bench_profile_steps",
+    0,
+    "Trace this many steps after the timed ones and print where their time went.",
+)
 flags.DEFINE_integer(
     "bench_cache_batches", 10, "Repeat the first N batches from a cache (0: generate all)."
 )
@@ -58,9 +64,9 @@ FLAGS = flags.FLAGS
 class StepTimer(keras.callbacks.Callback):
     """Wall time of the steps after ``warmup``."""
 
-    def __init__(self, warmup: int) -> None:
+    def __init__(self, warmup: int, last: int) -> None:
         super().__init__()
-        self.warmup = warmup
+        self.warmup, self.last = warmup, last
         self.start: float | None = None
         self.end: float | None = None
         self.timed = 0
@@ -71,7 +77,7 @@ class StepTimer(keras.callbacks.Callback):
         done = batch + 1
         if self.start is None and done >= self.warmup:
             self.start, self._first = time.perf_counter(), done
-        elif self.start is not None:
+        elif self.start is not None and done <= self.last:
             self.timed, self.end = done - self._first, time.perf_counter()
 
 
@@ -132,7 +138,8 @@ def main(argv) -> int:
     del argv
     # Table sizes come from converted data; the flag file's random-data sizes stand unused.
     run = dlrm_flags.run_config(FLAGS, "runs/bench", ignore_table_sizes=True)
-    total = FLAGS.bench_warmup_steps + FLAGS.bench_steps
+    timed_end = FLAGS.bench_warmup_steps + FLAGS.bench_steps
+    total = timed_end + FLAGS.bench_profile_steps
     run = dataclasses.replace(run, data=dataclasses.replace(run.data, num_batches=total))
     train_config = run.train
     strategy, source, model_config = job.set_up(run)
@@ -152,8 +159,13 @@ def main(argv) -> int:
     cache = cache if generated and strategy.num_replicas_in_sync == 1 else 0
     if cache > 0:
         data = data.take(cache).cache().repeat()
-    timer = StepTimer(FLAGS.bench_warmup_steps)
-    model.fit(data, epochs=1, steps_per_epoch=steps, callbacks=[timer], verbose=0, shuffle=False)
+    timer = StepTimer(FLAGS.bench_warmup_steps, timed_end)
+    callbacks = [timer]
+    profiler = None
+    if FLAGS.bench_profile_steps > 0:
+        profiler = ProfileSteps(timed_end + 1, FLAGS.bench_profile_steps)
+        callbacks.append(profiler)
+    model.fit(data, epochs=1, steps_per_epoch=steps, callbacks=callbacks, verbose=0, shuffle=False)
     if timer.start is None or timer.end is None or timer.timed == 0:
         print(f"error: need more than {FLAGS.bench_warmup_steps} steps of data", file=sys.stderr)
         return 2
@@ -187,6 +199,12 @@ def main(argv) -> int:
         "steps_per_execution": train_config.steps_per_execution,
         "cached_batches": cache,
     }
+    if profiler is not None and profiler.traced:
+        parts, ops = breakdown(profiler.log_dir, profiler.traced)
+        print(f"Op self-time per step, ms, over {profiler.traced} traced step(s): {parts}")
+        for op_type, part, ms in ops:
+            print(f"  {op_type:32s} {part:12s} {ms:9.2f}")
+        result.update({f"profile_ms_{part}": ms for part, ms in parts.items()})
     print(json.dumps(result))
     return 0
 

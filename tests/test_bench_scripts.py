@@ -43,7 +43,8 @@ TINY_MODEL = [
     "--noplot",
 ]
 HAVE_PIPELINE = all(
-    importlib.util.find_spec(f"input_pipeline.{m}") is not None for m in ("synthetic", "convert")
+    importlib.util.find_spec(f"input_pipeline.{m}") is not None
+    for m in ("planted_signal", "convert")
 )
 needs_pipeline = pytest.mark.skipif(
     not HAVE_PIPELINE, reason="input_pipeline.planted_signal / input_pipeline.convert are missing"
@@ -272,3 +273,41 @@ def test_bench_scripts_report_mistakes_in_one_line(tmp_path):
     assert_one_error_line(result.returncode, result.stderr, "--num_rows: invalid int value: 'x'")
     result = run_module("bench.train_throughput", "--nope")
     assert_one_error_line(result.returncode, result.stderr, "Unknown command line flag 'nope'")
+
+
+def test_train_throughput_profile_names_where_the_step_time_went():
+    """A traced step's op time is split into the step's parts, the tables' scatter among them."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "bench", "train_throughput.py"),
+            "--flagfile=" + os.path.join(ROOT, "configs", "bench.flags"),
+            "--arch_embedding_size=1000-50-7",
+            "--arch_mlp_top=16-1",
+            "--arch_mlp_bot=13-16",
+            "--mini_batch_size=256",
+            "--bench_warmup_steps=3",
+            "--bench_steps=3",
+            "--bench_cache_batches=3",
+            "--bench_profile_steps=2",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES=""),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["timed_steps"] == 3
+    parts = {key: value for key, value in result.items() if key.startswith("profile_ms_")}
+    assert set(parts) == {
+        f"profile_ms_{p}" for p in ("lookup", "lookup_grad", "update", "xla", "mlp", "other")
+    }
+    # SGD's table updates are XLA scatters; the MLPs' matmuls are ops of their own.
+    assert (
+        parts["profile_ms_xla"] > 0
+        and parts["profile_ms_mlp"] > 0
+        and parts["profile_ms_lookup"] > 0
+    )
+    assert "Op self-time per step" in proc.stdout

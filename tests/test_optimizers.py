@@ -34,7 +34,10 @@ from dlrm_tf.model.optimizers import (  # noqa: E402
     SparseAdam,
     SparseSGD,
     deduplicate,
+    gathered_from,
     make_optimizer,
+    padded_length,
+    scatter_sub_rows,
 )
 
 TOL = 1e-5
@@ -179,6 +182,77 @@ def test_deduplicate_sums_rows_of_repeated_ids():
     ids, values = deduplicate(grad)
     got = dict(zip(ids.numpy().tolist(), values.numpy().tolist(), strict=True))
     assert got == {4: [13.0, 16.0], 1: [3.0, 4.0]}
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 1000, 4095, 4096, 4097, 2**40 + 1])
+def test_padded_length_rounds_up_within_an_eighth(n):
+    length = int(padded_length(tf.constant(n, tf.int64)).numpy())
+    assert length >= max(n, 64)
+    assert length - max(n, 64) <= max(n, 64) // 8
+    # 8 lengths per power of two: multiples of 1/8 of the power of two below n.
+    step = 1 << (max(n, 64).bit_length() - 4)
+    assert length % step == 0
+
+
+def test_padded_length_gives_eight_lengths_per_doubling():
+    lengths = padded_length(tf.range(1025, 2049, dtype=tf.int64)).numpy()
+    assert sorted(set(lengths.tolist())) == list(range(1152, 2049, 128))
+
+
+def _scatter_oracle(table, ids, rows, scale):
+    expected = table.astype(np.float64)
+    np.subtract.at(expected, ids, scale * rows.astype(np.float64))
+    return expected
+
+
+@pytest.mark.parametrize("n", [5, 64, 300, 2500])
+def test_scatter_sub_rows_subtracts_every_row_of_repeated_ids(n):
+    rng = np.random.default_rng(n)
+    start = rng.standard_normal((50, 4)).astype(np.float32)
+    ids = rng.integers(1, 50, n)  # row 0 never touched: the padding must leave it alone
+    ids[:3] = 7  # repeated ids
+    rows = rng.standard_normal((n, 4)).astype(np.float32)
+    table = tf.Variable(start)
+    tf.function(lambda: scatter_sub_rows(table, tf.constant(ids), tf.constant(rows), 0.5))()
+    got = table.numpy()
+    np.testing.assert_allclose(got, _scatter_oracle(start, ids, rows, 0.5), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(got[0], start[0])
+    untouched = np.setdiff1d(np.arange(50), ids)
+    np.testing.assert_array_equal(got[untouched], start[untouched])
+
+
+@pytest.mark.parametrize("bag_of_id", [[0, 0, 1, 3, 3, 3], [2, 2, 2, 2, 2, 2]])
+def test_scatter_sub_rows_reads_gathered_rows_from_their_source(bag_of_id):
+    """Rows made as ``source[positions]`` (an embedding bag's gradient) are read from the
+    source; the result is the same as for the materialised rows."""
+    rng = np.random.default_rng(1)
+    start = rng.standard_normal((20, 3)).astype(np.float32)
+    source = rng.standard_normal((4, 3)).astype(np.float32)
+    ids = np.array([3, 9, 3, 0, 19, 9])
+    table = tf.Variable(start)
+    seen = []
+
+    @tf.function
+    def step():
+        rows = tf.reshape(tf.gather(tf.constant(source), tf.constant(bag_of_id)), [-1, 3])
+        seen.append(gathered_from(rows) is not None)
+        scatter_sub_rows(table, tf.constant(ids), rows, tf.constant(0.25))
+
+    step()
+    assert seen == [True]
+    rows = source[np.array(bag_of_id)]
+    np.testing.assert_allclose(
+        table.numpy(), _scatter_oracle(start, ids, rows, 0.25), rtol=1e-6, atol=1e-6
+    )
+    assert gathered_from(tf.constant(rows)) is None  # eager: nothing to look through
+
+
+def test_sgd_step_on_a_nonfinite_gradient_row_is_not_hidden():
+    table = tf.Variable(np.zeros((4, 2), np.float32))
+    rows = tf.constant([[np.inf, 1.0]], tf.float32)
+    tf.function(lambda: scatter_sub_rows(table, tf.constant([2]), rows, 0.1))()
+    assert np.isneginf(table.numpy()[2, 0])
+    np.testing.assert_array_equal(table.numpy()[[0, 1, 3]], 0.0)
 
 
 def test_make_optimizer_names_and_config():
@@ -340,14 +414,28 @@ def optimized_resource_consumers(run, rows, width, log_dir) -> list[set[str]]:
                         shapes = arg.attr["_handle_shapes"].list.shape
                         if arg.op != "_Arg" or len(shapes) != 1 or shapes[0] not in wanted:
                             continue
-                        found.append(
-                            {
-                                node.op
-                                for node in nodes
-                                if any(i.lstrip("^").split(":")[0] == arg.name for i in node.input)
-                            }
-                        )
+                        library = function_graph.post_optimization_graph.library
+                        found.append(_consumer_ops(nodes, arg.name, library))
     return found
+
+
+CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
+
+
+def _consumer_ops(nodes, name: str, library) -> set[str]:
+    """Op types reading ``name`` among ``nodes``; through a function call, those in its body."""
+    ops = set()
+    for node in nodes:
+        inputs = [i.lstrip("^").split(":")[0] for i in node.input]
+        if name not in inputs:
+            continue
+        if node.op not in CALL_OPS:
+            ops.add(node.op)
+            continue
+        body = next(f for f in library.function if f.signature.name == node.attr["f"].func.name)
+        arg = body.signature.input_arg[inputs.index(name)].name
+        ops |= _consumer_ops(body.node_def, arg, library)
+    return ops
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)

@@ -63,7 +63,7 @@ def replica_local_variable(variable):
     """The component of a distributed variable that belongs to the current replica.
 
     Under a ``tf.distribute`` strategy a table is a ``MirroredVariable``;
-    ``embedding_lookup_sparse`` converts such a variable to a dense tensor (a read
+    a lookup op given such a variable converts it to a dense tensor (a read
     of the whole table every step) where a plain resource variable is gathered
     row by row. In a replica context (or inside ``strategy.extended.update``) the
     distributed variable's ``handle`` is that of the current replica's own
@@ -95,10 +95,12 @@ class EmbeddingBags(keras.layers.Layer):
 
     Output: ``[B, T, d]``, the sum of each bag's rows.
 
-    The lookup goes through ``tf.nn.embedding_lookup_sparse`` (sum combiner) on
-    the table variable itself (under a ``tf.distribute`` strategy, the current
-    replica's own copy), which gathers only the rows in the batch; the gradient
-    is an ``IndexedSlices`` over the batch's unique ids.
+    The semantics are those of ``tf.nn.embedding_lookup_sparse`` with the sum
+    combiner; the lookup itself is a gather of the batch's rows from the table
+    variable (under a ``tf.distribute`` strategy, the current replica's own
+    copy) and a segment sum per bag, whose gradient is an ``IndexedSlices`` with
+    one row per id. (``embedding_lookup_sparse`` first de-duplicates the ids and
+    gathers twice: on large multi-hot bags that costs more than it saves.)
     """
 
     def __init__(
@@ -147,7 +149,6 @@ class EmbeddingBags(keras.layers.Layer):
             ids = ids[:, :, tf.newaxis]
         num_tables = len(self.table_sizes)
         batch = tf.shape(ids, out_type=tf.int64)[0]
-        bag = tf.shape(ids, out_type=tf.int64)[2]
 
         # One pass over all features: coordinates (t, b, h) of every present id,
         # sorted by feature then example, then split per feature.
@@ -157,30 +158,29 @@ class EmbeddingBags(keras.layers.Layer):
         coords = tf.where(by_table >= 0)
         values = tf.gather_nd(by_table, coords)
         part = tf.cast(coords[:, 0], tf.int32)
-        values_per_table = tf.dynamic_partition(values, part, num_tables)
-        rows_per_table = tf.dynamic_partition(coords[:, 1:], part, num_tables)
+        ids_per_table = tf.dynamic_partition(values, part, num_tables)
+        bags_per_table = tf.dynamic_partition(coords[:, 1], part, num_tables)
 
         bags = []
         for t in range(num_tables):
-            sp_ids = tf.SparseTensor(rows_per_table[t], values_per_table[t], [batch, bag])
-            summed = self._lookup(t, sp_ids)
+            summed = self._bag_sums(t, ids_per_table[t], bags_per_table[t])
             # The segment sum drops trailing examples whose bags are empty: pad them back.
             missing = tf.cast(batch, tf.int32) - tf.shape(summed)[0]
             bags.append(tf.pad(summed, [[0, missing], [0, 0]]))
         out = tf.stack(bags, axis=1)
         return tf.cast(out, self.compute_dtype)
 
-    def _lookup(self, t: int, sp_ids: tf.SparseTensor) -> tf.Tensor:
-        """Sum of the rows of table ``t`` for each bag; rows past the last non-empty bag absent."""
+    def _bag_sums(self, t: int, ids: tf.Tensor, bag_of_id: tf.Tensor) -> tf.Tensor:
+        """Sum of the rows of table ``t`` per bag; rows past the last non-empty bag absent.
+
+        ``ids`` are the present ids sorted by bag, ``bag_of_id`` the bag of each.
+        The gather reads only these rows of the variable (``ResourceGather``), and
+        its gradient is an ``IndexedSlices`` with one row per id: no whole-table
+        read, no de-duplication pass in the step (SGD's scatter adds repeated ids;
+        Adagrad and Adam sum them before their update).
+        """
         table = replica_local_variable(self.tables[t].value)
-        # Unit weights keep embedding_lookup_sparse on its gather-the-unique-ids path
-        # (ResourceGather on the variable, then SegmentSum). Without weights it ends
-        # in a SparseSegmentSum over the whole table, which model.fit's Grappler
-        # pass turns into a whole-table read, so every scatter update copies it.
-        weights = tf.SparseTensor(
-            sp_ids.indices, tf.ones_like(sp_ids.values, dtype=table.dtype), sp_ids.dense_shape
-        )
-        return tf.nn.embedding_lookup_sparse(table, sp_ids, weights, combiner="sum")
+        return tf.math.segment_sum(tf.gather(table, ids), bag_of_id)
 
     def _check_ids(self, by_table: tf.Tensor) -> tf.Tensor:
         sizes = tf.constant(self.table_sizes, dtype=tf.int64)[:, tf.newaxis, tf.newaxis]
