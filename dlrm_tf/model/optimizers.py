@@ -125,23 +125,23 @@ def scatter_sub_rows(variable, ids: tf.Tensor, rows: tf.Tensor, scale: tf.Tensor
     Through an XLA-compiled gather-multiply-scatter: TensorFlow's own
     ``ResourceScatterSub`` kernel updates a row several times slower than XLA's
     on CPU. XLA compiles one program per shape, so the ids are padded to
-    ``padded_length`` with id 0 and a zero row (subtracting 0 leaves row 0 as it
-    is). The rows are read from the tensor they were gathered from when there
-    is one (``gathered_from``: only its index vector is padded), else padded.
+    ``padded_length`` with id -1, whose updates XLA's scatter skips (its
+    out-of-range rule). The rows are read from the tensor they were gathered
+    from when there is one (``gathered_from``: only the index vector is
+    padded), else padded with zero rows.
     """
     variable = replica_local_variable(variable)
     n = tf.shape(ids, out_type=tf.int64)[0]
     pad = padded_length(n) - n
     gathered = gathered_from(rows)
     if gathered is None:
-        source, positions = rows, tf.range(n)
+        source = tf.pad(rows, [[0, pad]] + [[0, 0]] * (rows.shape.rank - 1))
+        positions = tf.range(n + pad)
     else:
         source, positions = gathered
-        positions = tf.cast(positions, tf.int64)
-    zero_row = tf.zeros_like(source[:1])
-    source = tf.concat([source, zero_row], axis=0)
-    positions = tf.pad(positions, [[0, pad]], constant_values=tf.shape(source, tf.int64)[0] - 1)
-    _compiled_scatter_sub(variable, tf.pad(ids, [[0, pad]]), source, positions, scale)
+        positions = tf.pad(tf.cast(positions, tf.int64), [[0, pad]])
+    ids = tf.pad(tf.cast(ids, tf.int64), [[0, pad]], constant_values=-1)
+    _compiled_scatter_sub(variable, ids, source, positions, scale)
 
 
 class _SparseAwareOptimizer(keras.optimizers.Optimizer):
