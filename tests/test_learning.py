@@ -77,3 +77,13 @@ def test_mirrored_on_converted_data_learns_too(one_epoch, tmp_path):
     assert "Using the converted data already in" in out
     assert len(aucs) >= 2
     assert aucs[-1] > ceiling - MARGIN, out[-2000:]
+
+
+@pytest.mark.slow
+def test_bfloat16_reaches_the_float32_auc(one_epoch, tmp_path):
+    """Mixed precision (MLPs and interaction in bfloat16, tables and optimizer state in
+    float32) learns as well as float32 on the same data and the same initial weights."""
+    data_dir, _, fp32_aucs, _ = one_epoch
+    _, aucs, out = train(tmp_path, data_dir, "--mixed_precision=bfloat16")
+    assert len(aucs) == 1
+    assert abs(aucs[-1] - fp32_aucs[-1]) < 0.002, (aucs, fp32_aucs, out[-2000:])
