@@ -167,8 +167,8 @@ flags.DEFINE_enum(
     list(PLACEMENTS),
     "Where the embedding tables live on several devices: a copy on every device, "
     "table_wise (each table on one device, memory-balanced), or auto (tables under 1 MiB "
-    "copied, the rest table_wise). Only the plan exists yet: table_wise/auto over several "
-    "devices print it and stop.",
+    "copied, the rest table_wise). Spreading works over one machine's devices "
+    "(MirroredStrategy); over several workers the plan is printed and the run stops.",
 )
 flags.DEFINE_enum(
     "mixed_precision", "none", ["none", "bfloat16", "float16"], "Mixed-precision policy."

@@ -20,7 +20,11 @@ class DLRM(keras.Model):
     """Deep Learning Recommendation Model (Naumov et al., 2019), reference semantics."""
 
     def __init__(
-        self, model_config: ModelConfig | dict, jit_compile: bool = False, **kwargs
+        self,
+        model_config: ModelConfig | dict,
+        jit_compile: bool = False,
+        table_devices: tuple[str | None, ...] | None = None,
+        **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.jit_compile_dense = bool(jit_compile)
@@ -29,7 +33,9 @@ class DLRM(keras.Model):
         self.model_config = model_config
         cfg = model_config
         self.bottom_mlp = MLP(cfg.bottom_mlp[1:], final_activation="relu", name="bottom_mlp")
-        self.embeddings = EmbeddingBags(cfg.table_sizes, cfg.embedding_dim, name="embedding_bags")
+        self.embeddings = EmbeddingBags(
+            cfg.table_sizes, cfg.embedding_dim, table_devices=table_devices, name="embedding_bags"
+        )
         if cfg.interaction == "dot":
             self.interaction = DotInteraction(cfg.interaction_itself, name="interaction")
         else:
@@ -81,11 +87,17 @@ class DLRM(keras.Model):
         return cls(ModelConfig.from_dict(config.pop("model_config")), **config)
 
 
-def build_model(model_config: ModelConfig, jit_compile: bool = False) -> DLRM:
+def build_model(
+    model_config: ModelConfig,
+    jit_compile: bool = False,
+    table_devices: tuple[str | None, ...] | None = None,
+) -> DLRM:
     """Creates and builds a DLRM model (weights initialised as the reference does).
 
-    ``jit_compile`` XLA-compiles the bottom MLP and the interaction + top MLP.
+    ``jit_compile`` XLA-compiles the bottom MLP and the interaction + top MLP;
+    ``table_devices`` puts table ``k`` on device ``table_devices[k]`` alone under a
+    multi-device strategy (``None``: a copy on every device).
     """
-    model = DLRM(model_config, jit_compile=jit_compile, name="dlrm")
+    model = DLRM(model_config, jit_compile=jit_compile, table_devices=table_devices, name="dlrm")
     model.build()
     return model

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from dlrm_tf.config import dot_pairs
+from dlrm_tf.model.placed_variables import on_one_device
 
 PACKAGE = "dlrm_tf"
 
@@ -108,12 +109,21 @@ class EmbeddingBags(keras.layers.Layer):
         table_sizes: Sequence[int],
         embedding_dim: int,
         validate_ids: bool = True,
+        table_devices: Sequence[str | None] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.table_sizes = tuple(int(n) for n in table_sizes)
         self.embedding_dim = int(embedding_dim)
         self.validate_ids = bool(validate_ids)
+        # Where each table lives under a multi-device strategy (None: on every device).
+        # A property of the run, not of the model: not part of the config.
+        self.table_devices = tuple(table_devices or (None,) * len(self.table_sizes))
+        if len(self.table_devices) != len(self.table_sizes):
+            raise ValueError(
+                f"{self.name}: {len(self.table_devices)} table devices for "
+                f"{len(self.table_sizes)} tables"
+            )
         self.tables: list[keras.Variable] = []
 
     def build(self, input_shape) -> None:
@@ -127,19 +137,20 @@ class EmbeddingBags(keras.layers.Layer):
                 f"{self.name}: ids have {input_shape[1]} features but the layer has "
                 f"{len(self.table_sizes)} tables"
             )
-        self.tables = [
-            self.add_weight(
-                name=f"embedding_table_{t}",
-                shape=(rows, self.embedding_dim),
-                initializer=ReferenceEmbeddingInit(),
-                dtype="float32",
-                trainable=True,
-                # Under a mixed-precision policy, autocast would cast the whole table
-                # each step; the lookup reads float32 rows and casts only the result.
-                autocast=False,
-            )
-            for t, rows in enumerate(self.table_sizes)
-        ]
+        self.tables = []
+        for t, rows in enumerate(self.table_sizes):
+            with on_one_device(self.table_devices[t]):
+                table = self.add_weight(
+                    name=f"embedding_table_{t}",
+                    shape=(rows, self.embedding_dim),
+                    initializer=ReferenceEmbeddingInit(),
+                    dtype="float32",
+                    trainable=True,
+                    # Under a mixed-precision policy, autocast would cast the whole table
+                    # each step; the lookup reads float32 rows and casts only the result.
+                    autocast=False,
+                )
+            self.tables.append(table)
 
     def call(self, ids):
         ids = tf.convert_to_tensor(ids)

@@ -41,6 +41,7 @@ import tensorflow as tf
 
 from dlrm_tf.config import OPTIMIZERS
 from dlrm_tf.model.layers import PACKAGE, replica_local_variable
+from dlrm_tf.model.placed_variables import on_one_device, placed_device
 
 LearningRate = float | keras.optimizers.schedules.LearningRateSchedule
 
@@ -145,7 +146,58 @@ def scatter_sub_rows(variable, ids: tf.Tensor, rows: tf.Tensor, scale: tf.Tensor
 
 
 class _SparseAwareOptimizer(keras.optimizers.Optimizer):
-    """Dispatches each variable's update to a dense or a sparse (row-wise) rule."""
+    """Dispatches each variable's update to a dense or a sparse (row-wise) rule.
+
+    Under a multi-device strategy, a table placed on one device
+    (``placed_variables``) keeps its slots there too; its gradient is not
+    all-reduced to every replica but summed onto its device, where it is applied.
+    """
+
+    def add_variable_from_reference(self, reference_variable, name=None, initializer="zeros"):
+        """A slot shaped like ``reference_variable``, on its device when it is placed."""
+        device = placed_device(reference_variable)
+        if device is None:
+            return super().add_variable_from_reference(reference_variable, name, initializer)
+        # Keras's TensorFlow optimizer colocates slots through the strategy, which
+        # accepts only the strategy's own (mirrored) variables: skip that layer.
+        backend = next(
+            c for c in type(self).__mro__ if c.__module__.endswith("tensorflow.optimizer")
+        )
+        with on_one_device(device):
+            return super(backend, self).add_variable_from_reference(
+                reference_variable, name, initializer
+            )
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        pairs = [(g, _tf_variable(v)) for g, v in zip(grads, trainable_variables, strict=True)]
+        placed = [(g, v) for g, v in pairs if placed_device(v) is not None]
+        if not placed:
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        shared = self._all_reduce_sum_gradients([p for p in pairs if placed_device(p[1]) is None])
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            self._distributed_tf_update_step,
+            self._distribution_strategy,
+            shared + placed,
+            learning_rate,
+        )
+
+    def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
+        shared = []
+        for gradient, variable in grads_and_vars:
+            device = placed_device(variable)
+            if device is None:
+                shared.append((gradient, variable))
+                continue
+            # The replicas' gradients (IndexedSlices: their rows concatenated), summed there.
+            total = distribution.extended.reduce_to(
+                tf.distribute.ReduceOp.SUM, gradient, destinations=device
+            )
+            rate = learning_rate
+            if isinstance(rate, tf.distribute.DistributedValues):  # the same on every replica
+                rate = distribution.experimental_local_results(rate)[0]
+            with tf.device(device):
+                self.update_step(total, variable, rate)
+        super()._distributed_tf_update_step(distribution, shared, learning_rate)
 
     def update_step(self, gradient, variable, learning_rate):
         """Applies one step to ``variable``; row-wise when ``gradient`` is ``IndexedSlices``."""
@@ -289,7 +341,13 @@ class SparseAdam(_SparseAwareOptimizer):
         for variable in var_list:
             shape = tuple(variable.shape)
             slot_shape = (*shape[:-1], 2 * shape[-1]) if shape else (2,)
-            with self._distribution_strategy.extended.colocate_vars_with(_tf_variable(variable)):
+            placed = placed_device(variable)
+            colocated = (
+                self._distribution_strategy.extended.colocate_vars_with(_tf_variable(variable))
+                if placed is None
+                else on_one_device(placed)
+            )
+            with colocated:
                 self._moments.append(
                     self.add_variable(
                         shape=slot_shape,

@@ -254,10 +254,10 @@ class RunCallbacks:
 
 def prepare_run(
     model_config: ModelConfig, cfg: TrainConfig, source: DataSource, strategy, log=print
-) -> None:
+) -> PlacementPlan | None:
     """Seeds, sets the precision, prints the memory plan and checks memory, disk space
-    and batch before any model exists; prints the ``embedding_placement`` plan unless
-    replicated (``plan_tables``)."""
+    and batch before any model exists; prints and returns the ``embedding_placement``
+    plan unless replicated (``plan_tables``)."""
     keras.utils.set_random_seed(cfg.seed)
     set_precision(cfg.mixed_precision)
     replicas = strategy.num_replicas_in_sync
@@ -272,13 +272,15 @@ def prepare_run(
         backup_copies=backups.BACKUPS_KEPT + 1,
         export_assets=memory.vocabulary_bytes(source.metadata),
     )  # fmt: skip
+    plan = None
     if cfg.embedding_placement != "replicated":
-        plan_tables(model_config, cfg, strategy, log)
+        plan = plan_tables(model_config, cfg, strategy, log)
     if cfg.mini_batch_size % replicas:
         raise ValueError(
             f"`mini_batch_size`={cfg.mini_batch_size} (the global batch) must be divisible by "
             f"the {replicas} replicas"
         )
+    return plan
 
 
 def plan_devices(strategy: tf.distribute.Strategy) -> list[str]:
@@ -295,25 +297,44 @@ def plan_tables(
     model_config: ModelConfig, cfg: TrainConfig, strategy: tf.distribute.Strategy, log=print
 ) -> PlacementPlan:
     """Prints the ``embedding_placement`` plan; refuses a plan that spreads the tables
-    over several devices, which training cannot do yet (it would silently replicate)."""
+    over several workers, which training cannot do yet (it would silently replicate)."""
     plan = plan_and_print(
         model_config, cfg.optimizer, plan_devices(strategy), cfg.embedding_placement, log
     )
-    if plan.spread:
+    if plan.spread and len(plan_devices(strategy)) > len(_local_devices(strategy)):
         raise ConfigError(
-            f"`embedding_placement`={cfg.embedding_placement}: spreading tables over devices "
-            f"is not available yet (the plan above puts them on {len(plan.devices)} devices); "
-            "use `embedding_placement`=replicated, or one device"
+            f"`embedding_placement`={cfg.embedding_placement}: spreading tables over workers "
+            f"is not available yet (the plan above puts them on {len(plan.devices)} devices "
+            "of several workers); use `embedding_placement`=replicated, or one worker"
         )
     return plan
 
 
+def table_devices(
+    plan: PlacementPlan | None, strategy: tf.distribute.Strategy
+) -> tuple[str | None, ...] | None:
+    """Each table's device under ``plan`` (its full TensorFlow name), or ``None`` for a
+    table on every device; ``None`` when no table is spread."""
+    if plan is None or not plan.spread:
+        return None
+    full = {d.split("/device:")[-1]: d for d in _local_devices(strategy)}
+    return tuple(
+        full[t.devices[0]] if len(t.devices) < len(plan.devices) else None for t in plan.tables
+    )
+
+
 def build_state(
-    model_config: ModelConfig, cfg: TrainConfig, source: DataSource, strategy, log=print
+    model_config: ModelConfig,
+    cfg: TrainConfig,
+    source: DataSource,
+    strategy,
+    log=print,
+    devices: tuple[str | None, ...] | None = None,
 ) -> RunState:
-    """Builds and compiles the model under ``strategy`` and restores ``--load_model``."""
+    """Builds and compiles the model under ``strategy`` (table ``k`` on ``devices[k]``
+    alone when given, see ``table_devices``) and restores ``--load_model``."""
     with strategy.scope():
-        model = build_model(model_config, jit_compile=cfg.jit_compile)
+        model = build_model(model_config, jit_compile=cfg.jit_compile, table_devices=devices)
         if cfg.init == "reference":
             initialize_as_reference(model, model_config, _reference_stream(cfg, source))
         compile_model(model, cfg)
@@ -465,8 +486,10 @@ def run(
 ) -> RunResult:
     """Trains (or, with ``inference_only``, only evaluates) and returns the result."""
     cfg = train_config
-    prepare_run(model_config, cfg, source, strategy, log)
-    state = build_state(model_config, cfg, source, strategy, log)
+    plan = prepare_run(model_config, cfg, source, strategy, log)
+    state = build_state(
+        model_config, cfg, source, strategy, log, devices=table_devices(plan, strategy)
+    )
     if cfg.inference_only:
         return evaluate_only(state, log)
     restore_backup(state, cfg, log)
