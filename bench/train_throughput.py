@@ -46,7 +46,7 @@ from bench.op_profile import ProfileSteps, breakdown  # noqa: E402
 from dlrm_tf import flags as dlrm_flags  # noqa: E402  (the trainer's flags and their configs)
 from dlrm_tf import job  # noqa: E402
 from dlrm_tf.model.dlrm import build_model
-from dlrm_tf.training.trainer import compile_model, set_precision
+from dlrm_tf.training.trainer import compile_model, plan_tables, set_precision, table_devices
 
 flags.DEFINE_integer("bench_warmup_steps", 15, "Steps not timed.")
 flags.DEFINE_integer("bench_steps", 60, "Steps timed.")
@@ -145,8 +145,12 @@ def main(argv) -> int:
     strategy, source, model_config = job.set_up(run)
     set_precision(train_config.mixed_precision)
     batch = train_config.mini_batch_size
+    plan = plan_tables(model_config, train_config, strategy)
+    devices = table_devices(plan, strategy)
     with strategy.scope():
-        model = build_model(model_config, jit_compile=train_config.jit_compile)
+        model = build_model(
+            model_config, jit_compile=train_config.jit_compile, table_devices=devices
+        )
         compile_model(model, train_config)
     source = source.with_batches(batch)
     steps = min(total, source.steps_per_epoch())
@@ -198,6 +202,8 @@ def main(argv) -> int:
         "jit_compile": train_config.jit_compile,
         "steps_per_execution": train_config.steps_per_execution,
         "cached_batches": cache,
+        "embedding_placement": train_config.embedding_placement,
+        "device_bytes": plan.device_bytes(),
     }
     if profiler is not None and profiler.traced:
         parts, ops = breakdown(profiler.log_dir, profiler.traced)

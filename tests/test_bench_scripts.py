@@ -311,3 +311,25 @@ def test_train_throughput_profile_names_where_the_step_time_went():
         and parts["profile_ms_lookup"] > 0
     )
     assert "Op self-time per step" in proc.stdout
+
+
+def test_sharding_bench_compares_the_placements_bytes_and_step_times():
+    proc = subprocess.run(
+        [
+            sys.executable, os.path.join(ROOT, "bench", "sharding.py"), "--bench_steps=3",
+            "--rounds=1", "--flagfile=" + os.path.join(ROOT, "configs", "bench.flags"),
+            "--arch_embedding_size=4000-50-3000", "--arch_mlp_top=16-1", "--arch_mlp_bot=13-16",
+            "--mini_batch_size=256",
+        ],
+        cwd=ROOT, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""), capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    replicated, spread = result["device_bytes_replicated"], result["device_bytes_table_wise"]
+    assert sorted(replicated) == sorted(spread) == ["CPU:0", "CPU:1"]
+    # d=16 float32 under SGD: 64 bytes a row. Spread, the 4000-row table is alone on one
+    # device and the other two share the other; replicated, each device holds all 7050.
+    assert replicated["CPU:0"] - spread["CPU:0"] == 64 * 3050
+    assert replicated["CPU:1"] - spread["CPU:1"] == 64 * 4000
+    assert result["ms_per_step_replicated"] > 0 and result["ms_per_step_table_wise"] > 0

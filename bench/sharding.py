@@ -1,0 +1,96 @@
+"""Replicated against table-wise tables on several devices: step time and bytes per device.
+
+    python bench/sharding.py [--devices=2] [--flagfile=configs/dlrm_benchmark.flags]
+        [--bench_steps=20] [--rounds=2] [trainer flags ...]
+
+Runs ``bench/train_throughput.py`` under ``MirroredStrategy`` on ``--devices``
+logical CPU devices, once with ``--embedding_placement=replicated`` and once
+with ``table_wise``, alternating for ``--rounds`` rounds (so load from other
+processes falls on both alike), in fresh processes (logical devices are fixed
+at TensorFlow's start). Logical CPU devices share the same cores and memory:
+the step-time ratio shows what spreading costs in the graph (cross-device
+reads of the rows, a gradient summed onto one device instead of all-reduced to
+all), not what separate GPUs would gain; the bytes per device are those a
+multi-GPU host would hold. Last line: one JSON object with the median ms/step
+of each placement, their ratio, the bytes per device of each, and the CPU.
+Other flags go to ``train_throughput.py`` after the flag file (they override it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.machine import cpu_model  # noqa: E402
+
+PLACEMENTS = ("replicated", "table_wise")
+
+
+def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from input_pipeline.errors import ArgumentParser
+
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=2)
+    parser.add_argument("--flagfile", default=os.path.join(ROOT, "configs", "dlrm_benchmark.flags"))
+    parser.add_argument("--bench_steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2)
+    args, args.extra = parser.parse_known_args(argv)
+    return args
+
+
+def measure(args: argparse.Namespace, placement: str) -> dict:
+    """One ``train_throughput`` run with ``placement``: its JSON figures."""
+    cmd = [
+        sys.executable, os.path.join(ROOT, "bench", "train_throughput.py"),
+        f"--flagfile={args.flagfile}", f"--num_cpu_replicas={args.devices}",
+        "--distribution_strategy=mirrored", f"--embedding_placement={placement}",
+        f"--bench_steps={args.bench_steps}", "--bench_warmup_steps=5",
+        "--bench_cache_batches=5", *args.extra,
+    ]  # fmt: skip
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"train_throughput ({placement}) failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    runs: dict[str, list[dict]] = {p: [] for p in PLACEMENTS}
+    for round_ in range(args.rounds):
+        for placement in PLACEMENTS:
+            result = measure(args, placement)
+            runs[placement].append(result)
+            print(f"round {round_ + 1} {placement}: {result['ms_per_step']} ms/step, "
+                  f"bytes per device {result['device_bytes']}", flush=True)  # fmt: skip
+    ms = {p: statistics.median(r["ms_per_step"] for r in runs[p]) for p in PLACEMENTS}
+    summary = {
+        "cpu": cpu_model(),
+        "devices": args.devices,
+        "flagfile": os.path.relpath(args.flagfile, ROOT),
+        "ms_per_step_replicated": ms["replicated"],
+        "ms_per_step_table_wise": ms["table_wise"],
+        "table_wise_over_replicated": round(ms["table_wise"] / ms["replicated"], 3),
+        "device_bytes_replicated": runs["replicated"][0]["device_bytes"],
+        "device_bytes_table_wise": runs["table_wise"][0]["device_bytes"],
+        "max_device_bytes_ratio": round(
+            max(runs["table_wise"][0]["device_bytes"].values())
+            / max(runs["replicated"][0]["device_bytes"].values()),
+            3,
+        ),
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    from input_pipeline.errors import run_cli
+
+    run_cli(main)
