@@ -6,13 +6,10 @@ import dataclasses
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
+from cli_check import cli_job_command, kill_after_backup, run_cli_job
 
 from dlrm_tf.config import OPTIMIZERS
 
@@ -34,14 +31,7 @@ TINY = [
 def job(tmp_path, name: str, *extra: str):
     """One CLI run: (trained weights, where each weight and slot lives, stdout)."""
     out = tmp_path / f"{name}.npz"
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
-    env.pop("TF_CONFIG", None)
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tests", "cli_job.py"), str(out), *TINY,
-         f"--run_dir={tmp_path}/{name}", *extra],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli_job(out, *TINY, f"--run_dir={tmp_path}/{name}", *extra)
     data = np.load(out)
     with open(f"{out}.devices.json") as f:
         placed = json.load(f)
@@ -195,23 +185,11 @@ def test_spread_run_killed_then_resumed_reproduces_the_uninterrupted_run(tmp_pat
     ]  # fmt: skip
     want, _, _ = job(tmp_path, "whole", *flags)
     backup = tmp_path / "backup"
-    out = tmp_path / "resumed.npz"
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
-    env.pop("TF_CONFIG", None)
-    cmd = [sys.executable, os.path.join(REPO, "tests", "cli_job.py"), str(out), *TINY, *flags,
-           f"--backup_dir={backup}", f"--run_dir={tmp_path}/resumed"]  # fmt: skip
-    victim = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 240
-    while time.time() < deadline and victim.poll() is None:
-        index = backup / "checkpoint"
-        if index.exists() and re.search(r"ckpt-(1\d\d|[2-9]\d\d)\b", index.read_text()):
-            break
-        time.sleep(0.02)
-    assert victim.poll() is None, "the run ended before it could be killed"
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    cmd = cli_job_command(
+        tmp_path / "resumed.npz", *TINY, *flags, f"--backup_dir={backup}",
+        f"--run_dir={tmp_path}/resumed",
+    )  # fmt: skip
+    kill_after_backup(cmd, backup, r"ckpt-(1\d\d|[2-9]\d\d)\b")
     got, _, stdout = job(tmp_path, "resumed", *flags, f"--backup_dir={backup}")
     resumed = re.search(r"Resumed from backup .* at step (\d+)", stdout)
     assert resumed and 100 <= int(resumed[1]) < 600, stdout[-2000:]

@@ -3,12 +3,10 @@ hand sums, replication, auto's threshold, the refusal's arithmetic, and the CLI.
 
 import itertools
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from cli_check import REPO, run_module
+from cli_check import REPO, run_cli_job, run_module
 
 from dlrm_tf.config import PLACEMENTS, ModelConfig
 from dlrm_tf.training.memory import ModelTooLargeError, memory_plan
@@ -187,14 +185,7 @@ def test_cli_prints_the_plan_then_trains_with_it(tmp_path):
 
 def train_weights(tmp_path, name, *extra):
     out = tmp_path / f"{name}.npz"
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
-    env.pop("TF_CONFIG", None)
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tests", "cli_job.py"), str(out), *TINY,
-         f"--run_dir={tmp_path}/{name}", *extra],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli_job(out, *TINY, f"--run_dir={tmp_path}/{name}", *extra)
     data = np.load(out)
     return [data[k] for k in data.files if k != "steps"], proc.stdout
 
