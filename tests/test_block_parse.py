@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from input_pipeline import criteo
 from input_pipeline import planted_signal as synthetic
-from input_pipeline.convert.block_parse import BlockParser, VocabularyLookup
+from input_pipeline.convert.block_parse import BlockParser
 
 
 def tensorflow_parse(preprocessor, chunk, raw_values):
@@ -125,14 +125,6 @@ def test_vocabulary_ids_match_tensorflow(tmp_path):
     parsed = assert_same_as_tensorflow(preprocessor, lines)
     assert set(parsed["ids"][:, 3].tolist()) <= {criteo.OOV_ID, criteo.MISSING_ID}
     assert (parsed["ids"] == criteo.MISSING_ID).sum() == 26
-
-
-def test_vocabulary_lookup_ids(tmp_path):
-    lookup = VocabularyLookup(write_vocabulary(tmp_path / "v.txt", [30, 5, 1000]))
-    ids = lookup.ids(np.array([5, 30, 1000, 0, 31, 2000]))
-    assert ids.tolist() == [3, 2, 4, 0, 0, 0]
-    empty = VocabularyLookup(write_vocabulary(tmp_path / "e.txt", []))
-    assert empty.ids(np.array([0, 1])).tolist() == [0, 0]
 
 
 GOOD = line("1", EDGE_COUNTS, EDGE_VALUES)

@@ -123,11 +123,9 @@ class BlockParser:
     """Parses chunks of clean lines in NumPy as ``RawPreprocessor.parse_lines`` does."""
 
     def __init__(self, preprocessor: criteo.RawPreprocessor, raw_values: bool) -> None:
+        self.preprocessor = preprocessor
         self.max_ind_range = preprocessor.max_ind_range
         self.raw_values = raw_values
-        self.lookups = None
-        if preprocessor.uses_vocabulary and not raw_values:
-            self.lookups = [VocabularyLookup(path) for path in preprocessor.asset_paths]
 
     def parse(self, chunk: bytes) -> dict[str, np.ndarray] | None:
         """The chunk's columns (see ``parse_lines``), or None if any line is not
@@ -165,30 +163,9 @@ class BlockParser:
     def _ids(self, values: np.ndarray, missing: np.ndarray) -> np.ndarray:
         if self.raw_values:
             return np.where(missing, -1, values)
-        if self.lookups is None:
+        if not self.preprocessor.uses_vocabulary:
             return values
-        ids = np.empty_like(values)
-        for feature, lookup in enumerate(self.lookups):
-            ids[:, feature] = lookup.ids(values[:, feature])
-        ids[missing] = criteo.MISSING_ID
-        return ids
-
-
-class VocabularyLookup:
-    """One feature's vocabulary file as a sorted array: value -> table id."""
-
-    def __init__(self, path: str) -> None:
-        with open(path, "rb") as f:
-            text = f.read()
-        words = text.split()
-        vocabulary = np.array(words, dtype=np.int64) if words else np.zeros(0, np.int64)
-        self.order = np.argsort(vocabulary, kind="stable")
-        self.sorted = vocabulary[self.order]
-
-    def ids(self, values: np.ndarray) -> np.ndarray:
-        """``2 + line`` of each value in the file, ``OOV_ID`` for the others."""
-        if not len(self.sorted):
-            return np.full(values.shape, criteo.OOV_ID, np.int64)
-        position = np.minimum(np.searchsorted(self.sorted, values), len(self.sorted) - 1)
-        found = self.sorted[position] == values
-        return np.where(found, self.order[position] + criteo.FIRST_VOCABULARY_ID, criteo.OOV_ID)
+        # The preprocessor's own hash tables: the same ids, and ~10x faster than
+        # a binary search of the sorted vocabulary.
+        ids = self.preprocessor.ids_from_values(tf.constant(values), tf.constant(missing))
+        return ids.numpy()
