@@ -82,13 +82,52 @@ def parse_count_fields(
     first = starts + negative
     digits = lengths - negative
     ok = (digits <= criteo.MAX_COUNT_DIGITS) & ((lengths == 0) | (digits > 0))
-    value = np.zeros(starts.shape, np.int64)
-    for k in range(int(digits.max(initial=0))):
+    short = np.minimum(digits, 8)
+    words = _words_at(padded)[first] & _BYTE_MASKS[short]
+    ok &= _all_digits(words, short)
+    value = _eight_digits(words, short)
+    long = digits > 8
+    if long.any():
+        value[long], long_ok = _long_counts(padded, first[long], digits[long])
+        ok[long] &= long_ok
+    return np.where(negative | ~ok, 0, value), ok
+
+
+def _all_digits(words: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """Whether the first ``length`` bytes of each word are ASCII digits."""
+    is_digit = _bytes_at_least(words, 0x30) & ~_bytes_at_least(words, 0x3A)
+    wanted = _PREFIX_MASKS[length]
+    return ((words & _U64_HIGH) == 0) & ((is_digit & wanted) == wanted)
+
+
+def _eight_digits(words: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """The decimal value of the first ``length`` (<= 8) digits of each word."""
+    digits = (words - np.uint64(_U64_ONES * _ZERO)) & _BYTE_MASKS[length]
+    # Right-aligned, the missing leading digits are zero bytes; then pairs, quads
+    # and the eight digits combine by multiplication (first character most significant).
+    digits <<= np.uint64(8) * (np.uint64(8) - np.maximum(length, 1).astype(np.uint64))
+    digits = (digits * np.uint64(10 * 256 + 1)) >> np.uint64(8)
+    digits = ((digits & np.uint64(0x00FF00FF00FF00FF)) * np.uint64(100 * 65536 + 1)) >> np.uint64(
+        16
+    )
+    digits = ((digits & np.uint64(0x0000FFFF0000FFFF)) * np.uint64(10000 * (1 << 32) + 1)) >> (
+        np.uint64(32)
+    )
+    return digits.astype(np.int64)
+
+
+def _long_counts(
+    padded: np.ndarray, first: np.ndarray, digits: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of more than 8 digits, one digit position at a time (rare)."""
+    ok = np.ones(first.shape, bool)
+    value = np.zeros(first.shape, np.int64)
+    for k in range(min(int(digits.max()), criteo.MAX_COUNT_DIGITS)):
         active = k < digits
         digit = padded[first + k] - np.uint8(_ZERO)  # wraps: a non-digit is > 9
         ok &= ~active | (digit <= 9)
         value = np.where(active, value * 10 + digit, value)
-    return np.where(negative | ~ok, 0, value), ok
+    return value, ok
 
 
 def dense_features(counts: np.ndarray) -> np.ndarray:
