@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +19,7 @@ from input_pipeline.convert.sources import Source
 from input_pipeline.convert.split_plan import SplitPlan
 
 MAX_BAD_LINE_EXAMPLES = 20
+PARSE_THREADS = 2
 
 
 def parsed_chunks(
@@ -33,11 +36,33 @@ def parsed_chunks(
     goes through the TensorFlow rules, which explain each bad line.
     """
     parser = BlockParser(preprocessor, raw_values)
-    for chunk in iter_chunks(path, position, long_lines):
+
+    def parse(chunk: bytes) -> dict[str, np.ndarray]:
         parsed = parser.parse(chunk)
         if parsed is None:
             parsed = _parse_with_tensorflow(preprocessor, chunk, raw_values)
-        yield parsed
+        return parsed
+
+    # NumPy and TensorFlow release the GIL: the next chunks parse on other
+    # threads while the caller consumes this one; results keep file order.
+    pending: collections.deque[concurrent.futures.Future] = collections.deque()
+    chunks = iter_chunks(path, position, long_lines)
+    with concurrent.futures.ThreadPoolExecutor(PARSE_THREADS) as pool:
+        while True:
+            try:
+                chunk = next(chunks, None)
+            except Exception:
+                # A read error comes after the chunks read before it, as without threads.
+                while pending:
+                    yield pending.popleft().result()
+                raise
+            if chunk is None:
+                break
+            pending.append(pool.submit(parse, chunk))
+            if len(pending) > PARSE_THREADS:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _parse_with_tensorflow(
