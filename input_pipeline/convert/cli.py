@@ -10,6 +10,7 @@ from absl import app, flags
 
 from input_pipeline import errors
 from input_pipeline.convert.job import convert
+from input_pipeline.convert.memory import keep_freed_heap
 from input_pipeline.convert.settings import DEFAULT_BLOCK_ROWS, DEFAULT_NUM_SHARDS
 
 FLAGS = flags.FLAGS
@@ -52,6 +53,7 @@ def main(argv: Sequence[str]) -> None:
     if not FLAGS.raw_data_file or not FLAGS.output_dir:
         print("error: --raw_data_file and --output_dir are required", file=sys.stderr)
         sys.exit(errors.EXIT_BAD_INPUT)
+    keep_freed_heap()
     try:
         metadata = convert(
             FLAGS.data_set,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from input_pipeline import criteo
+from input_pipeline.convert.block_parse import BlockParser
 from input_pipeline.convert.progress import Progress
 from input_pipeline.convert.reading import EXAMPLE_CHARS, MAX_LINE_BYTES, ReadPosition, iter_chunks
 from input_pipeline.convert.settings import TRAIN, BadInputError, Settings
@@ -16,6 +19,7 @@ from input_pipeline.convert.sources import Source
 from input_pipeline.convert.split_plan import SplitPlan
 
 MAX_BAD_LINE_EXAMPLES = 20
+PARSE_THREADS = 2
 
 
 def parsed_chunks(
@@ -26,30 +30,47 @@ def parsed_chunks(
     long_lines: dict[int, bytes] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yields each chunk of the file parsed: see ``RawPreprocessor.parse_lines``,
-    plus ``bad_text`` (the rejected lines)."""
-    failure: list[BaseException] = []
+    plus ``bad_text`` (the rejected lines).
 
-    def generate() -> Iterator[bytes]:
-        try:
-            yield from iter_chunks(path, position, long_lines)
-        except BaseException as error:  # re-raised below with its own message
-            failure.append(error)
-            raise
+    Clean chunks are parsed in NumPy (``BlockParser``); a chunk with any bad line
+    goes through the TensorFlow rules, which explain each bad line.
+    """
+    parser = BlockParser(preprocessor, raw_values)
 
-    def parse(chunk: tf.Tensor) -> dict[str, tf.Tensor]:
-        return preprocessor.parse_lines(tf.strings.split(chunk, "\n"), raw_values=raw_values)
+    def parse(chunk: bytes) -> dict[str, np.ndarray]:
+        parsed = parser.parse(chunk)
+        if parsed is None:
+            parsed = _parse_with_tensorflow(preprocessor, chunk, raw_values)
+        return parsed
 
-    dataset = tf.data.Dataset.from_generator(
-        generate, output_signature=tf.TensorSpec([], tf.string)
-    )
-    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.prefetch(2)
-    try:
-        yield from dataset.as_numpy_iterator()
-    except tf.errors.OpError:
-        if failure:
-            raise failure[0] from None
-        raise
+    # NumPy and TensorFlow release the GIL: the next chunks parse on other
+    # threads while the caller consumes this one; results keep file order.
+    pending: collections.deque[concurrent.futures.Future] = collections.deque()
+    chunks = iter_chunks(path, position, long_lines)
+    with concurrent.futures.ThreadPoolExecutor(PARSE_THREADS) as pool:
+        while True:
+            try:
+                chunk = next(chunks, None)
+            except Exception:
+                # A read error comes after the chunks read before it, as without threads.
+                while pending:
+                    yield pending.popleft().result()
+                raise
+            if chunk is None:
+                break
+            pending.append(pool.submit(parse, chunk))
+            if len(pending) > PARSE_THREADS:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _parse_with_tensorflow(
+    preprocessor: criteo.RawPreprocessor, chunk: bytes, raw_values: bool
+) -> dict[str, np.ndarray]:
+    lines = tf.strings.split(tf.constant(chunk), "\n")
+    parsed = preprocessor.parse_lines(lines, raw_values=raw_values)
+    return {key: value.numpy() for key, value in parsed.items()}
 
 
 class BadLines:

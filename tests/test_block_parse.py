@@ -1,0 +1,176 @@
+"""The NumPy chunk parser against the TensorFlow rules of ``criteo.py`` and a per-row oracle."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from input_pipeline import criteo
+from input_pipeline import planted_signal as synthetic
+from input_pipeline.convert.block_parse import BlockParser
+
+
+def tensorflow_parse(preprocessor, chunk, raw_values):
+    lines = tf.strings.split(tf.constant(chunk), "\n")
+    return {k: v.numpy() for k, v in preprocessor.parse_lines(lines, raw_values).items()}
+
+
+def assert_same_as_tensorflow(preprocessor, lines, raw_values=False):
+    chunk = "\n".join(lines).encode()
+    fast = BlockParser(preprocessor, raw_values).parse(chunk)
+    assert fast is not None
+    slow = tensorflow_parse(preprocessor, chunk, raw_values)
+    assert slow["ok"].all()
+    for key in ("label", "dense", "ids", "ok", "bad_index"):
+        assert fast[key].dtype == slow[key].dtype, key
+        np.testing.assert_array_equal(fast[key], slow[key], err_msg=key)
+    return fast
+
+
+def line(label="1", counts=None, values=None):
+    counts = counts if counts is not None else ["1"] * criteo.NUM_DENSE
+    values = values if values is not None else ["a"] * criteo.NUM_SPARSE
+    return "\t".join([label, *counts, *values])
+
+
+EDGE_COUNTS = [
+    "",
+    "0",
+    "-1",
+    "-0",
+    "-999999999999999999",
+    "007",
+    "9",
+    "10",
+    "123456789",
+    "999999999999999999",
+    "18446744",
+    "2",
+    "65535",
+]
+EDGE_VALUES = [
+    "",
+    "0",
+    "00000000",
+    "0000000a",
+    "000000000000001",
+    "f",
+    "F",
+    "aBcDeF01",
+    "123456789",
+    "fffffffffffffff",
+    "ffffffff",
+    "100000000",
+    "7fffffff",
+    "80000000",
+    "deadbeefcafe",
+    "1",
+    "10",
+    "abc",
+    "ABCDEF",
+    "0123456789abcde",
+    "00",
+    "9",
+    "a0a0a0a0a",
+    "e",
+    "1234567",
+    "12345678",
+]
+
+
+@pytest.mark.parametrize("max_ind_range", [0, 7, 10_000_000])
+def test_edge_values_match_tensorflow_raw(max_ind_range):
+    preprocessor = criteo.RawPreprocessor.for_raw_values(max_ind_range)
+    lines = [
+        line("0", EDGE_COUNTS, EDGE_VALUES),
+        line("1", EDGE_COUNTS[::-1], EDGE_VALUES[::-1]),
+        line("0", [""] * 13, [""] * 26),
+    ]
+    parsed = assert_same_as_tensorflow(preprocessor, lines, raw_values=True)
+    expected = [(int(v, 16) if v else -1) for v in EDGE_VALUES]
+    if max_ind_range:
+        expected = [v % max_ind_range if v >= 0 else v for v in expected]
+    assert parsed["ids"][0].tolist() == expected
+    assert parsed["ids"][2].tolist() == [-1] * 26
+
+
+def test_dense_follows_the_per_row_rule():
+    preprocessor = criteo.RawPreprocessor(max_ind_range=100)
+    parsed = assert_same_as_tensorflow(preprocessor, [line("1", EDGE_COUNTS, EDGE_VALUES)])
+    expected = [math.log(max(int(t), 0) + 1) if t else 0.0 for t in EDGE_COUNTS]
+    np.testing.assert_array_equal(parsed["dense"][0], np.array(expected).astype(np.float32))
+    assert parsed["label"].tolist() == [1]
+
+
+def test_hash_ids_match_tensorflow_on_generated_lines():
+    lines = synthetic.generate(2000, seed=3).lines()
+    assert_same_as_tensorflow(criteo.RawPreprocessor(max_ind_range=1000), lines)
+    assert_same_as_tensorflow(criteo.RawPreprocessor.for_raw_values(0), lines, raw_values=True)
+
+
+def write_vocabulary(path, values):
+    path.write_text("".join(f"{v}\n" for v in values))
+    return str(path)
+
+
+def test_vocabulary_ids_match_tensorflow(tmp_path):
+    values = list(dict.fromkeys(int(v, 16) for v in reversed(EDGE_VALUES) if v))  # unsorted
+    files = []
+    for f in range(criteo.NUM_SPARSE):
+        kept = [] if f == 3 else values[f % 5 :: 2]  # feature C4: an empty vocabulary
+        files.append(write_vocabulary(tmp_path / f"v{f}.txt", kept))
+    preprocessor = criteo.RawPreprocessor(vocabulary_files=files)
+    lines = [line(str(k % 2), EDGE_COUNTS, np.roll(EDGE_VALUES, k).tolist()) for k in range(26)]
+    parsed = assert_same_as_tensorflow(preprocessor, lines)
+    assert set(parsed["ids"][:, 3].tolist()) <= {criteo.OOV_ID, criteo.MISSING_ID}
+    assert (parsed["ids"] == criteo.MISSING_ID).sum() == 26
+
+
+GOOD = line("1", EDGE_COUNTS, EDGE_VALUES)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "\t".join(GOOD.split("\t")[:-1]),  # 39 fields
+        GOOD + "\t",  # 41 fields
+        GOOD + "\tab",
+        "",
+        "-",
+        line("2"),
+        line(""),
+        line("01"),
+        line("1", ["1.5"] + ["1"] * 12),
+        line("1", ["-"] + ["1"] * 12),
+        line("1", ["1-"] + ["1"] * 12),
+        line("1", ["--1"] + ["1"] * 12),
+        line("1", ["+1"] + ["1"] * 12),
+        line("1", [" 1"] + ["1"] * 12),
+        line("1", ["1" * 19] + ["1"] * 12),
+        line("1", ["-" + "1" * 19] + ["1"] * 12),
+        line("1", ["1" * 100_000] + ["1"] * 12),
+        line("1", ["12345678x9"] + ["1"] * 12),
+        line("1", ["1\x0b2"] + ["1"] * 12),
+        line("1", None, ["g"] + ["a"] * 25),
+        line("1", None, ["0x1"] + ["a"] * 25),
+        line("1", None, ["1" * 16] + ["a"] * 25),
+        line("1", None, ["12345678g"] + ["a"] * 25),
+        line("1", None, ["-1"] + ["a"] * 25),
+        line("1", None, ["é"] + ["a"] * 25),
+        line("1", None, ["a\x00"] + ["a"] * 25),
+    ],
+)
+def test_any_bad_line_leaves_the_chunk_to_tensorflow(bad):
+    preprocessor = criteo.RawPreprocessor(max_ind_range=100)
+    chunk = "\n".join([GOOD, bad, GOOD]).encode()
+    assert BlockParser(preprocessor, raw_values=False).parse(chunk) is None
+    assert not tensorflow_parse(preprocessor, chunk, raw_values=False)["ok"].all()
+
+
+def test_chunk_of_one_line_and_long_fields():
+    preprocessor = criteo.RawPreprocessor(max_ind_range=10**9)
+    long = line("0", ["-" + "9" * 18] + ["9" * 18] * 12, ["f" * 15] * 26)
+    parsed = assert_same_as_tensorflow(preprocessor, [long])
+    assert parsed["ids"][0, 0] == int("f" * 15, 16) % 10**9
+    assert parsed["dense"][0, 0] == 0.0
