@@ -4,13 +4,12 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+from cli_check import kill_after_backup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCH = [
@@ -63,18 +62,7 @@ def test_resume_after_sigkill_continues_from_backup(tmp_path):
     backup = tmp_path / "backup"
     out = tmp_path / "resumed.npz"
     cmd = job(out, *flags, f"--backup_dir={backup}", f"--run_dir={tmp_path}/run")
-    victim = subprocess.Popen(
-        cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 240
-    while time.time() < deadline and victim.poll() is None:
-        index = backup / "checkpoint"
-        if index.exists() and re.search(r"ckpt-(\d*[1-9]\d\d)", index.read_text()):
-            break
-        time.sleep(0.02)
-    assert victim.poll() is None, "the run ended before it could be killed"
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    kill_after_backup(cmd, backup, r"ckpt-(\d*[1-9]\d\d)")
     assert not out.exists()
 
     proc = run_job(out, *flags, f"--backup_dir={backup}", f"--run_dir={tmp_path}/run")
