@@ -7,7 +7,8 @@ Runs ``bench/train_throughput.py`` under ``MirroredStrategy`` on ``--devices``
 logical CPU devices, once with ``--embedding_placement=replicated`` and once
 with ``table_wise``, alternating for ``--rounds`` rounds (so load from other
 processes falls on both alike), in fresh processes (logical devices are fixed
-at TensorFlow's start). Logical CPU devices share the same cores and memory:
+at TensorFlow's start). With several replicas ``train_throughput`` generates
+every batch (no cache), so the step times include the random data's generation. Logical CPU devices share the same cores and memory:
 the step-time ratio shows what spreading costs in the graph (cross-device
 reads of the rows, a gradient summed onto one device instead of all-reduced to
 all), not what separate GPUs would gain; the bytes per device are those a
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             runs[placement].append(result)
             print(f"round {round_ + 1} {placement}: {result['ms_per_step']} ms/step, "
                   f"bytes per device {result['device_bytes']}", flush=True)  # fmt: skip
-    ms = {p: statistics.median(r["ms_per_step"] for r in runs[p]) for p in PLACEMENTS}
+    ms = {p: round(statistics.median(r["ms_per_step"] for r in runs[p]), 3) for p in PLACEMENTS}
     summary = {
         "cpu": cpu_model(),
         "devices": args.devices,
