@@ -8,8 +8,9 @@ logical CPU devices, once with ``--embedding_placement=replicated`` and once
 with ``table_wise``, alternating for ``--rounds`` rounds (so load from other
 processes falls on both alike), in fresh processes (logical devices are fixed
 at TensorFlow's start). With several replicas ``train_throughput`` generates
-every batch (no cache), so the step times include the random data's generation. Logical CPU devices share the same cores and memory:
-the step-time ratio shows what spreading costs in the graph (cross-device
+every batch (no cache), so the step times include the random data's
+generation. Logical CPU devices share the same cores and memory: the step-time
+ratio shows what spreading costs in the graph (cross-device
 reads of the rows, a gradient summed onto one device instead of all-reduced to
 all), not what separate GPUs would gain; the bytes per device are those a
 multi-GPU host would hold. Last line: one JSON object with the median ms/step
