@@ -141,6 +141,12 @@ def parse_hex(values: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.where(ok, value, tf.zeros_like(value)), ok
 
 
+def dense_from_counts(counts) -> tf.Tensor:
+    """The dense features of non-negative int64 counts: ``log(count + 1)`` computed in
+    float64, rounded to float32."""
+    return tf.cast(tf.math.log1p(tf.cast(counts, tf.float64)), tf.float32)
+
+
 def parse_counts(values: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Turns integer-count strings into dense features: ``log(max(x, 0) + 1)``.
 
@@ -154,8 +160,7 @@ def parse_counts(values: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     ok = tf.strings.regex_full_match(values, _COUNT_PATTERN)
     usable = ok & tf.not_equal(values, "")
     counts = tf.strings.to_number(tf.where(usable, values, "0"), out_type=tf.int64)
-    counts = tf.maximum(counts, 0)
-    return tf.cast(tf.math.log1p(tf.cast(counts, tf.float64)), tf.float32), ok
+    return dense_from_counts(tf.maximum(counts, 0)), ok
 
 
 def parse_labels(values: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -28,15 +28,22 @@ def _bytes_at_least(words: np.ndarray, threshold: int) -> np.ndarray:
     return ((words | _U64_HIGH) - np.uint64(_U64_ONES * threshold)) & _U64_HIGH
 
 
+def _bytes_in(words: np.ndarray, low: int, high: int) -> np.ndarray:
+    """Per byte of 7-bit ASCII words: high bit set where ``low <= byte < high``."""
+    return _bytes_at_least(words, low) & ~_bytes_at_least(words, high)
+
+
+def _prefix_all(words: np.ndarray, marked: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """Whether each word is ASCII and its first ``length`` bytes are all ``marked``."""
+    wanted = _PREFIX_MASKS[length]
+    return ((words & _U64_HIGH) == 0) & ((marked & wanted) == wanted)
+
+
 def hex_words(words: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Up to 8 hex characters per little-endian uint64 word (``length`` of them,
     zero bytes after) -> (their value as the top of a 32-bit int64, ok)."""
-    is_ascii = (words & _U64_HIGH) == 0
-    is_digit = _bytes_at_least(words, 0x30) & ~_bytes_at_least(words, 0x3A)
-    lower = words | _LOWER_CASE
-    is_alpha = _bytes_at_least(lower, 0x61) & ~_bytes_at_least(lower, 0x67)
-    wanted = _PREFIX_MASKS[length]
-    ok = is_ascii & (((is_digit | is_alpha) & wanted) == wanted)
+    hex_digit = _bytes_in(words, 0x30, 0x3A) | _bytes_in(words | _LOWER_CASE, 0x61, 0x67)
+    ok = _prefix_all(words, hex_digit, length)
     nibbles = (words & _LOW_NIBBLES) + ((words >> np.uint64(6)) & np.uint64(_U64_ONES)) * np.uint64(
         9
     )
@@ -84,20 +91,13 @@ def parse_count_fields(
     ok = (digits <= criteo.MAX_COUNT_DIGITS) & ((lengths == 0) | (digits > 0))
     short = np.minimum(digits, 8)
     words = _words_at(padded)[first] & _BYTE_MASKS[short]
-    ok &= _all_digits(words, short)
+    ok &= _prefix_all(words, _bytes_in(words, 0x30, 0x3A), short)
     value = _eight_digits(words, short)
     long = digits > 8
     if long.any():
         value[long], long_ok = _long_counts(padded, first[long], digits[long])
         ok[long] &= long_ok
     return np.where(negative | ~ok, 0, value), ok
-
-
-def _all_digits(words: np.ndarray, length: np.ndarray) -> np.ndarray:
-    """Whether the first ``length`` bytes of each word are ASCII digits."""
-    is_digit = _bytes_at_least(words, 0x30) & ~_bytes_at_least(words, 0x3A)
-    wanted = _PREFIX_MASKS[length]
-    return ((words & _U64_HIGH) == 0) & ((is_digit & wanted) == wanted)
 
 
 def _eight_digits(words: np.ndarray, length: np.ndarray) -> np.ndarray:
@@ -128,12 +128,6 @@ def _long_counts(
         ok &= ~active | (digit <= 9)
         value = np.where(active, value * 10 + digit, value)
     return value, ok
-
-
-def dense_features(counts: np.ndarray) -> np.ndarray:
-    """``log(count + 1)`` in float64, rounded to float32, by the TensorFlow op of
-    ``criteo.parse_counts`` (NumPy's ``log1p`` may differ in the last bit)."""
-    return tf.cast(tf.math.log1p(tf.cast(counts, tf.float64)), tf.float32).numpy()
 
 
 def field_bounds(chunk: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -201,7 +195,8 @@ class BlockParser:
         missing = sparse_lengths == 0
         return {
             "label": (label_byte - _ZERO).astype(np.int32),
-            "dense": dense_features(counts),
+            # The TensorFlow op, as parse_lines: NumPy's log1p may differ in the last bit.
+            "dense": criteo.dense_from_counts(counts).numpy(),
             "ids": self._ids(values, missing),
             "ok": np.ones(len(starts), bool),
             "bad_index": np.zeros(0, np.int64),
