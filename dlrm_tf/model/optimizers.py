@@ -97,8 +97,8 @@ def gathered_from(rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor] | None:
     read them from there instead of from a materialised copy. ``None`` in
     eager mode or for rows made any other way.
     """
-    op = getattr(rows, "op", None)
-    if op is None or tf.executing_eagerly():
+    op = getattr(rows, "op", None)  # an eager tensor has none
+    if op is None:
         return None
     if op.type == "Reshape" and _same_rows(op.inputs[0], rows):
         op = op.inputs[0].op
@@ -169,11 +169,14 @@ class _SparseAwareOptimizer(keras.optimizers.Optimizer):
             )
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        pairs = [(g, _tf_variable(v)) for g, v in zip(grads, trainable_variables, strict=True)]
-        placed = [(g, v) for g, v in pairs if placed_device(v) is not None]
+        placed, shared = [], []
+        for gradient, variable in zip(grads, trainable_variables, strict=True):
+            variable = _tf_variable(variable)
+            is_placed = placed_device(variable) is not None
+            (placed if is_placed else shared).append((gradient, variable))
         if not placed:
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
-        shared = self._all_reduce_sum_gradients([p for p in pairs if placed_device(p[1]) is None])
+        shared = self._all_reduce_sum_gradients(shared)
         tf.__internal__.distribute.interim.maybe_merge_call(
             self._distributed_tf_update_step,
             self._distribution_strategy,

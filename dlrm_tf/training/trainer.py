@@ -301,7 +301,7 @@ def plan_tables(
     plan = plan_and_print(
         model_config, cfg.optimizer, plan_devices(strategy), cfg.embedding_placement, log
     )
-    if plan.spread and len(plan_devices(strategy)) > len(_local_devices(strategy)):
+    if plan.spread and len(plan.devices) > len(_local_devices(strategy)):
         raise ConfigError(
             f"`embedding_placement`={cfg.embedding_placement}: spreading tables over workers "
             f"is not available yet (the plan above puts them on {len(plan.devices)} devices "
