@@ -9,6 +9,18 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# A tiny model whose 4 tables spread unevenly over 2 devices (3000 rows against
+# 50 + 20 + 400): the placement tests' architecture and batch, with their plots off.
+PLACEMENT_MODEL = [
+    "--arch_sparse_feature_size=4",
+    "--arch_embedding_size=50-3000-20-400",
+    "--arch_mlp_bot=4-8-4",
+    "--arch_mlp_top=8-1",
+    "--mini_batch_size=16",
+    "--learning_rate=0.1",
+    "--plot=false",
+]
+
 
 def run_module(module, *args, cwd=None):
     """Runs ``python -m module args`` from the repository; returns the CompletedProcess."""

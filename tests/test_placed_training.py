@@ -4,28 +4,16 @@ its slots on exactly the planned device, and files a single device reads back.""
 
 import dataclasses
 import json
-import os
 import re
 
 import numpy as np
 import pytest
-from cli_check import cli_job_command, kill_after_backup, run_cli_job
+from cli_check import PLACEMENT_MODEL, cli_job_command, kill_after_backup, run_cli_job
 
 from dlrm_tf.config import OPTIMIZERS
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-5
-TINY = [
-    "--arch_sparse_feature_size=4",
-    "--arch_embedding_size=50-3000-20-400",
-    "--arch_mlp_bot=4-8-4",
-    "--arch_mlp_top=8-1",
-    "--mini_batch_size=16",
-    "--num_batches=4",
-    "--num_indices_per_lookup=3",
-    "--learning_rate=0.1",
-    "--plot=false",
-]
+TINY = [*PLACEMENT_MODEL, "--num_batches=4", "--num_indices_per_lookup=3"]
 
 
 def job(tmp_path, name: str, *extra: str):

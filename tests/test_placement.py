@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from cli_check import REPO, run_cli_job, run_module
+from cli_check import PLACEMENT_MODEL, REPO, run_cli_job, run_module
 
 from dlrm_tf.config import PLACEMENTS, ModelConfig
 from dlrm_tf.training.memory import ModelTooLargeError, memory_plan
@@ -150,17 +150,7 @@ def test_the_plan_lines():
     ]
 
 
-TINY = [
-    "--arch_sparse_feature_size=4",
-    "--arch_embedding_size=50-3000-20-400",
-    "--arch_mlp_bot=4-8-4",
-    "--arch_mlp_top=8-1",
-    "--mini_batch_size=16",
-    "--num_batches=3",
-    "--learning_rate=0.1",
-    "--optimizer=adagrad",
-    "--plot=false",
-]
+TINY = [*PLACEMENT_MODEL, "--num_batches=3", "--optimizer=adagrad"]
 TINY_MLP = (4 * 8 + 8) + (8 * 4 + 4) + (14 * 8 + 8) + (8 + 1)  # top input: 4 + 10 dot pairs
 
 
