@@ -50,7 +50,8 @@ class ShuffleSpill:
         bounds = np.flatnonzero(np.diff(sorted_buckets)) + 1
         for piece in np.split(order, bounds):
             key = (group, int(buckets[piece[0]]))
-            self.buffers.setdefault(key, []).append(records[piece])
+            # np.take: fancy indexing copies structured records ~10x slower.
+            self.buffers.setdefault(key, []).append(np.take(records, piece))
         self.buffered_bytes += records.nbytes
         if self.buffered_bytes >= SPILL_BUFFER_BYTES:
             self.flush()
@@ -77,7 +78,8 @@ class ShuffleSpill:
         if rows <= 2 * self.bucket_rows:
             records = np.fromfile(path, dtype=self.dtype)
             os.remove(path)
-            yield records[np.random.default_rng([self.seed, 3, *key]).permutation(len(records))]
+            order = np.random.default_rng([self.seed, 3, *key]).permutation(len(records))
+            yield np.take(records, order)
             return
         parts = math.ceil(rows / self.bucket_rows)
         rng = np.random.default_rng([self.seed, 4, *key])
@@ -90,7 +92,7 @@ class ShuffleSpill:
                 target = rng.integers(parts, size=len(records))
                 for k in range(parts):
                     with open(part_paths[k], "ab") as out:
-                        records[target == k].tofile(out)
+                        np.take(records, np.flatnonzero(target == k)).tofile(out)
         os.remove(path)
         for k, part_path in enumerate(part_paths):
             yield from self._drain(part_path, (*key, k))
