@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from input_pipeline import criteo
+from input_pipeline.convert.ahead import map_ahead
 from input_pipeline.convert.block_parse import BlockParser
 from input_pipeline.convert.progress import Progress
 from input_pipeline.convert.reading import EXAMPLE_CHARS, MAX_LINE_BYTES, ReadPosition, iter_chunks
@@ -45,24 +44,7 @@ def parsed_chunks(
 
     # NumPy and TensorFlow release the GIL: the next chunks parse on other
     # threads while the caller consumes this one; results keep file order.
-    pending: collections.deque[concurrent.futures.Future] = collections.deque()
-    chunks = iter_chunks(path, position, long_lines)
-    with concurrent.futures.ThreadPoolExecutor(PARSE_THREADS) as pool:
-        while True:
-            try:
-                chunk = next(chunks, None)
-            except Exception:
-                # A read error comes after the chunks read before it, as without threads.
-                while pending:
-                    yield pending.popleft().result()
-                raise
-            if chunk is None:
-                break
-            pending.append(pool.submit(parse, chunk))
-            if len(pending) > PARSE_THREADS:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    yield from map_ahead(parse, iter_chunks(path, position, long_lines), PARSE_THREADS)
 
 
 def _parse_with_tensorflow(
