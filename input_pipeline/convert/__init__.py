@@ -14,8 +14,9 @@ The package holds the converter's jobs, one module each:
   ``progress``: rows/s and ETA; ``parsing``: chunks parsed by ``criteo.py``'s
   rules, the bad-line policy, and each kept row's day and split;
 - ``split_plan``: the reference's split rule; ``vocabulary``: value counts and
-  vocabulary files; ``records``: the block record's encoding; ``shards``: shard
-  writing; ``spill``: the bounded-memory shuffle;
+  vocabulary files; ``row_cache``: parsed rows kept between passes; ``id_lookup``:
+  values -> table ids; ``records``: the block record's encoding; ``shards``: shard
+  writing; ``spill``: the bounded-memory shuffle; ``ahead``: the ordered thread map;
 - ``output_dir``: what a dataset consists of, refusing what is not ours,
   publishing; ``job``: the passes and ``convert``; ``cli``: the command line.
   ``input_pipeline.metadata`` defines ``metadata.json``.
@@ -44,10 +45,14 @@ permutation made in bounded memory: rows go to randomly chosen spill buckets on
 disk (next to the output), each bucket is then loaded, permuted and written out
 (a bucket that came out too large is split again the same way).
 
-Passes: Kaggle first counts lines (byte scan); vocabulary mode adds a pass that
-counts value frequencies; then the conversion pass. Parsing runs in a tf.data
-parallel map over 4 MiB chunks of lines using the TensorFlow ops of
-``criteo.py`` (the same ops as the serving signature), on every core.
+Passes: Kaggle first counts lines (byte scan). Hash mode then converts in one
+pass. Vocabulary mode parses the text once: the counting pass counts value
+frequencies over the training rows and keeps every parsed row on disk (fixed-size
+binary records next to the output, ~160 bytes a row; training rows go into their shuffle
+buckets), and the writing pass looks those values up in the vocabularies and
+writes the shards, without reading the text again. Parsing runs on worker threads
+over 4 MiB chunks of lines (NumPy for clean chunks, else the TensorFlow ops of
+``criteo.py``, the same ops as the serving signature).
 
 Memory is bounded independently of the input size: a few 4 MiB text chunks and
 their parsed arrays in flight, one pending block per split, up to 64 MiB of spill

@@ -10,13 +10,16 @@ import glob
 import os
 import shutil
 import tempfile
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import numpy as np
 from absl import logging
 
 from input_pipeline import criteo, metadata, safe_files
-from input_pipeline.convert import records, spill, vocabulary
+from input_pipeline.convert import records, row_cache, spill, vocabulary
+from input_pipeline.convert.ahead import map_ahead
+from input_pipeline.convert.id_lookup import IdLookup
 from input_pipeline.convert.output_dir import check_output, remove_dataset, replace_directory
 from input_pipeline.convert.parsing import BadLines, iterate_rows
 from input_pipeline.convert.progress import Progress
@@ -34,6 +37,15 @@ from input_pipeline.convert.shards import SplitWriter
 from input_pipeline.convert.sources import Source, resolve_sources
 from input_pipeline.convert.split_plan import SplitPlan, kaggle_day_sizes, plan_splits
 from input_pipeline.metadata import SPLITS
+
+# Look-ups run beside the shard writing (TensorFlow releases the GIL).
+LOOKUP_THREADS = 2
+
+
+class RowSink(Protocol):
+    """Where a split's rows go: a shard writer, or the row cache."""
+
+    def add(self, label: np.ndarray, dense: np.ndarray, ids: np.ndarray) -> None: ...
 
 
 def count_lines_pass(sources: list[Source], settings: Settings, bad_lines: BadLines) -> SplitPlan:
@@ -53,22 +65,35 @@ def _known_lines(sources: list[Source], settings: Settings) -> int | None:
     return sum(s.lines for s in sources) if settings.data_set == "kaggle" else None
 
 
-def vocabulary_pass(
-    directory: str, sources: list[Source], plan: SplitPlan, settings: Settings, policy: str
-) -> list[str]:
-    """Pass 2: value frequencies over the training rows; writes and returns the
-    vocabulary files (relative to ``directory``)."""
+def counting_pass(
+    directory: str,
+    sources: list[Source],
+    plan: SplitPlan,
+    settings: Settings,
+    bad_lines: BadLines,
+    cache: row_cache.RowCache,
+    shuffle: spill.ShuffleSpill | None,
+) -> tuple[list[str], int]:
+    """Pass 2 (vocabulary mode), the only one that parses the text: value frequencies
+    over the training rows, every kept row into ``cache`` (training rows into
+    ``shuffle``'s buckets when shuffling). Writes the vocabulary files; returns them
+    (relative to ``directory``) and the number of rows kept."""
     counter = vocabulary.ValueCounter()
     counting = criteo.RawPreprocessor.for_raw_values(settings.max_ind_range)
     progress = Progress("counting values", _known_lines(sources, settings), _bytes(sources))
-    # Same policy (fail early), but only the conversion pass's skips are counted.
-    for _, _, split, parsed in iterate_rows(
-        sources, counting, plan, settings, BadLines(policy), progress, raw_values=True
+    sinks = {split: cache.writer(split) for split in SPLITS}
+    kept = 0
+    for _, day, split, parsed in iterate_rows(
+        sources, counting, plan, settings, bad_lines, progress, raw_values=True
     ):
-        values = parsed["ids"][split == TRAIN]
-        counter.add(values, values >= 0)  # -1: empty field, which has its own id
+        values = parsed["ids"]
+        train = values[split == TRAIN]
+        counter.add(train, train >= 0)  # -1: empty field, which has its own id
+        columns = (parsed["label"].astype(np.uint8), parsed["dense"], values)
+        _route_chunk(sinks, shuffle, settings, day, split, columns)
+        kept += len(values)
     logging.info(progress.summary())
-    return vocabulary.write_vocabularies(directory, counter, settings.frequency_threshold)
+    return vocabulary.write_vocabularies(directory, counter, settings.frequency_threshold), kept
 
 
 def _bytes(sources: list[Source]) -> int:
@@ -99,14 +124,15 @@ def _shuffle_spill(
 
 
 def _route_chunk(
-    writers: dict[str, SplitWriter],
+    writers: Mapping[str, RowSink],
     shuffle: spill.ShuffleSpill | None,
     settings: Settings,
     day: np.ndarray,
     split: np.ndarray,
     columns: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> None:
-    """Sends a chunk's rows to their split's writer (training rows via the spill)."""
+    """Sends a chunk's rows to their split's writer (training rows via the spill;
+    ``ids`` may be values, as ``writers`` and ``shuffle`` expect)."""
     label, dense, ids = columns
     for code, name in ((TEST, "test"), (VALIDATION, "validation")):
         rows = split == code
@@ -121,11 +147,30 @@ def _route_chunk(
         else:
             writers["train"].add(label[train], dense[train], ids[train])
         return
-    rows = np.empty(int(train.sum()), shuffle.dtype)
-    rows["label"], rows["dense"], rows["ids"] = label[train], dense[train], ids[train]
+    if train.all():
+        rows = row_cache.pack_rows(shuffle.dtype, label, dense, ids)
+    else:
+        rows = row_cache.pack_rows(shuffle.dtype, label[train], dense[train], ids[train])
     groups = np.zeros(len(rows), np.int64) if settings.data_randomize == "total" else day[train]
     for group in np.unique(groups).tolist():
-        shuffle.add(group, rows if groups[0] == groups[-1] else rows[groups == group])
+        in_group = (
+            rows if groups[0] == groups[-1] else np.take(rows, np.flatnonzero(groups == group))
+        )
+        shuffle.add(group, in_group)
+
+
+def _split_writers(directory: str, settings: Settings, id_dtype: str) -> dict[str, SplitWriter]:
+    return {
+        split: SplitWriter(
+            directory,
+            split,
+            settings.num_shards,
+            settings.block_rows,
+            id_dtype,
+            settings.compression,
+        )
+        for split in SPLITS
+    }
 
 
 def conversion_pass(
@@ -137,18 +182,9 @@ def conversion_pass(
     preprocessor: criteo.RawPreprocessor,
     id_dtype: str,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Pass 3: every kept row into its split's shards; returns the shard lists."""
-    writers = {
-        split: SplitWriter(
-            directory,
-            split,
-            settings.num_shards,
-            settings.block_rows,
-            id_dtype,
-            settings.compression,
-        )
-        for split in SPLITS
-    }
+    """Pass 3 (hash mode): parses every line, every kept row into its split's shards;
+    returns the shard lists."""
+    writers = _split_writers(directory, settings, id_dtype)
     shuffle = _shuffle_spill(directory, sources, settings, records.record_dtype(id_dtype))
     progress = Progress("converting", _known_lines(sources, settings), _bytes(sources))
     for _, day, split, parsed in iterate_rows(
@@ -168,6 +204,64 @@ def conversion_pass(
     return {split: writers[split].close() for split in SPLITS}
 
 
+def writing_pass(
+    directory: str,
+    settings: Settings,
+    cache: row_cache.RowCache,
+    shuffle: spill.ShuffleSpill | None,
+    lookup: IdLookup,
+    rows: int,
+) -> dict[str, list[dict[str, Any]]]:
+    """Pass 3 (vocabulary mode): the counting pass's ``rows`` rows, their values
+    looked up, into their split's shards; returns the shard lists."""
+    writers = _split_writers(directory, settings, lookup.id_dtype.name)
+    progress = Progress("writing", rows, 1)
+
+    def with_ids(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return block, lookup(block["values"])
+
+    for split in SPLITS:
+        blocks = (
+            shuffle.shuffled() if split == "train" and shuffle is not None else cache.rows(split)
+        )
+        for block, ids in map_ahead(with_ids, blocks, LOOKUP_THREADS):
+            writers[split].add(block["label"], block["dense"], ids)
+            progress.update(len(block))
+    logging.info(progress.summary())
+    shutil.rmtree(cache.directory, ignore_errors=True)
+    if shuffle is not None:
+        shutil.rmtree(shuffle.directory, ignore_errors=True)
+    return {split: writers[split].close() for split in SPLITS}
+
+
+def _id_dtype(table_sizes: list[int]) -> str:
+    return "int32" if max(table_sizes) < 2**31 else "int64"
+
+
+def _convert_with_vocabulary(
+    directory: str, sources: list[Source], plan: SplitPlan, settings: Settings, bad_lines: BadLines
+) -> tuple[list[str], list[int], str, dict[str, list[dict[str, Any]]]]:
+    """Passes 2 and 3 of vocabulary mode: (vocabulary files, table sizes, id dtype, shards)."""
+    parsed = row_cache.parsed_dtype(settings.max_ind_range)
+    cache = row_cache.RowCache(os.path.join(directory, "_rows"), parsed)
+    try:
+        shuffle = _shuffle_spill(directory, sources, settings, parsed)
+        vocabulary_files, rows = counting_pass(
+            directory, sources, plan, settings, bad_lines, cache, shuffle
+        )
+        preprocessor = criteo.RawPreprocessor(
+            max_ind_range=settings.max_ind_range,
+            vocabulary_files=[os.path.join(directory, p) for p in vocabulary_files],
+        )
+        table_sizes = list(preprocessor.table_sizes)
+        id_dtype = _id_dtype(table_sizes)
+        lookup = IdLookup(preprocessor, parsed["values"].base, id_dtype)
+        shards = writing_pass(directory, settings, cache, shuffle, lookup, rows)
+    finally:
+        cache.close()
+    return vocabulary_files, table_sizes, id_dtype, shards
+
+
 def convert_into(
     directory: str, sources: list[Source], settings: Settings, bad_lines: BadLines
 ) -> metadata.Metadata:
@@ -175,16 +269,16 @@ def convert_into(
     plan = count_lines_pass(sources, settings, bad_lines)
     vocabulary_files = None
     if settings.categorical == "vocabulary":
-        vocabulary_files = vocabulary_pass(directory, sources, plan, settings, bad_lines.policy)
-        preprocessor = criteo.RawPreprocessor(
-            max_ind_range=settings.max_ind_range,
-            vocabulary_files=[os.path.join(directory, p) for p in vocabulary_files],
+        vocabulary_files, table_sizes, id_dtype, shards = _convert_with_vocabulary(
+            directory, sources, plan, settings, bad_lines
         )
     else:
         preprocessor = criteo.RawPreprocessor(max_ind_range=settings.max_ind_range)
-    table_sizes = list(preprocessor.table_sizes)
-    id_dtype = "int32" if max(table_sizes) < 2**31 else "int64"
-    shards = conversion_pass(directory, sources, plan, settings, bad_lines, preprocessor, id_dtype)
+        table_sizes = list(preprocessor.table_sizes)
+        id_dtype = _id_dtype(table_sizes)
+        shards = conversion_pass(
+            directory, sources, plan, settings, bad_lines, preprocessor, id_dtype
+        )
     return metadata.for_conversion(
         settings,
         table_sizes,
