@@ -25,8 +25,8 @@ from cli_check import REPO, assert_one_error_line, run_module
 
 from input_pipeline import convert, criteo
 from input_pipeline import planted_signal as synthetic
+from input_pipeline.convert import reading, spill
 from input_pipeline.convert import records as record_encoding
-from input_pipeline.convert import spill
 
 # ---------------------------------------------------------------------------
 # Independent oracle and shard reader.
@@ -800,6 +800,52 @@ def test_long_bad_lines_are_skipped_and_kept_short(tmp_path, lines):
     assert os.path.getsize(tmp_path / "out" / "metadata.json") < 20_000
     good = [line for i, line in enumerate(body[: sizes["train"]]) if i not in (3, 10, 30)]
     assert_rows_equal(read_split(tmp_path / "out", "train"), oracle_rows(good, hashed(10)))
+
+
+LINE_COUNT_CASES = [
+    b"",
+    b"\n",
+    b"\n\n",
+    b"a",
+    b"a\n",
+    b"a\r\n",
+    b"\r",
+    b"a\nb",
+    b"a\r\nb\r\n",
+    b"ab\rcd\n",
+    b"x" * 40 + b"\n" + b"y" * 63 + b"\n" + b"z" * 64,  # around a read's end
+    b"\n".join(b"w" * n for n in range(0, 140, 7)),
+    b"q" * 127 + b"\n" + b"r" * 128 + b"\n",  # around half the line limit
+    b"s\n" + b"t" * 300 + b"\nu\n",  # a too-long line in the middle
+    b"s\n" + b"t" * 257,  # a too-long last line
+    b"v" * 1000,
+]
+
+
+@pytest.mark.parametrize("case", range(len(LINE_COUNT_CASES)))
+@pytest.mark.parametrize("suffix", [".txt", ".txt.gz"])
+def test_line_count_is_the_chunk_readers(tmp_path, monkeypatch, case, suffix):
+    """The line count pass (a newline count over one buffer) counts what the chunk
+    reader yields, with reads and the line limit shrunk to a few bytes."""
+    monkeypatch.setattr(reading, "READ_CHUNK_BYTES", 64)
+    monkeypatch.setattr(reading, "MAX_LINE_BYTES", 256)
+    data = LINE_COUNT_CASES[case]
+    path = tmp_path / f"train{suffix}"
+    with (gzip.open if suffix.endswith(".gz") else open)(path, "wb") as f:
+        f.write(data)
+    source = convert.Source(str(path), os.path.getsize(path))
+    chunks = list(reading.iter_chunks(str(path), None, {}))
+    assert convert.count_source_lines(source, skip_long_lines=True) == sum(
+        map(reading.chunk_lines, chunks)
+    )
+    longest = max(len(line) for line in data.split(b"\n"))
+    if longest > 256:
+        with pytest.raises(convert.BadInputError, match=":[123]: line longer than 256 bytes"):
+            convert.count_source_lines(source)
+    elif longest < 128:
+        # Lines shorter than half the limit are counted without the chunk reader.
+        monkeypatch.setattr(reading, "iter_chunks", None)
+        assert convert.count_source_lines(source) == sum(map(reading.chunk_lines, chunks))
 
 
 def test_fifo_and_symlink_loop_say_what_they_are(tmp_path):

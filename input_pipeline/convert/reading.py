@@ -147,6 +147,9 @@ def count_source_lines(
     source: Source, progress: Progress | None = None, skip_long_lines: bool = False
 ) -> int:
     """Counts the lines the chunk reader yields for a file."""
+    lines = _count_newlines(source.path, progress)
+    if lines is not None:
+        return lines
     lines = 0
     position = progress.position if progress is not None else None
     long_lines = {} if skip_long_lines else None
@@ -156,3 +159,48 @@ def count_source_lines(
         if progress is not None:
             progress.update(count)
     return lines
+
+
+def _count_newlines(path: str, progress: Progress | None) -> int | None:
+    """The line count of a file whose lines are all shorter than ``MAX_LINE_BYTES / 2``,
+    read into one buffer without copies; None if a line may be longer or the file
+    cannot be read (the chunk reader then counts, or says what is wrong).
+
+    Every line then ends at a newline except a non-empty last one, exactly as the
+    chunk reader cuts them (a ``\\r`` before a newline ends no line).
+    """
+    half = MAX_LINE_BYTES // 2
+    buffer = bytearray(READ_CHUNK_BYTES)
+    newlines = 0
+    run = 0  # bytes since the last newline
+    try:
+        with open(path, "rb") as raw:
+            stream = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
+            while size := stream.readinto(buffer):
+                first = buffer.find(b"\n", 0, size)
+                if first < 0:
+                    run += size
+                elif run + first >= half or any(
+                    # A line of 2 * half bytes or more inside the buffer covers a window.
+                    buffer.find(b"\n", k, k + half) < 0
+                    for k in range(0, size - half + 1, half)
+                ):
+                    return _undo(progress, newlines)
+                else:
+                    count = buffer.count(b"\n", 0, size)
+                    newlines += count
+                    run = size - 1 - buffer.rfind(b"\n", 0, size)
+                    if progress is not None:
+                        progress.position.bytes = raw.tell()
+                        progress.update(count)
+                if run >= half:
+                    return _undo(progress, newlines)
+    except (OSError, EOFError, zlib.error):
+        return _undo(progress, newlines)
+    return newlines + (run > 0)
+
+
+def _undo(progress: Progress | None, lines: int) -> None:
+    """Takes back the lines a failed fast count reported."""
+    if progress is not None:
+        progress.lines -= lines
