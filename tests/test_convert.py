@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -25,8 +26,9 @@ from cli_check import REPO, assert_one_error_line, run_module
 
 from input_pipeline import convert, criteo
 from input_pipeline import planted_signal as synthetic
-from input_pipeline.convert import reading, spill
+from input_pipeline.convert import job, reading, row_cache, spill
 from input_pipeline.convert import records as record_encoding
+from input_pipeline.convert.ahead import map_ahead
 
 # ---------------------------------------------------------------------------
 # Independent oracle and shard reader.
@@ -436,6 +438,111 @@ def test_sub_sampling_drops_only_training_negatives(tmp_path, raw_file, lines):
     again = convert.convert("kaggle", raw_file, tmp_path / "b", **kwargs)
     assert again["rows"] == metadata["rows"]
     np.testing.assert_array_equal(read_split(tmp_path / "b", "train")[2], got[2])
+
+
+# ---------------------------------------------------------------------------
+# Vocabulary mode: the text parsed once.
+
+
+def _reparsing_the_text(directory, sources, plan, settings, bad_lines):
+    """Vocabulary mode as it was: a pass that only counts values, then a pass that
+    parses the text again (the hash mode's conversion pass, with the vocabularies)."""
+    cache = row_cache.RowCache(os.path.join(directory, "_counting"), row_cache.parsed_dtype(0))
+    files, _ = job.counting_pass(
+        directory, sources, plan, settings, convert.BadLines(bad_lines.policy), cache, None
+    )
+    cache.close()
+    shutil.rmtree(cache.directory)
+    preprocessor = criteo.RawPreprocessor(
+        max_ind_range=settings.max_ind_range,
+        vocabulary_files=[os.path.join(directory, p) for p in files],
+    )
+    id_dtype = job._id_dtype(preprocessor.table_sizes)
+    shards = job.conversion_pass(
+        directory, sources, plan, settings, bad_lines, preprocessor, id_dtype
+    )
+    return files, list(preprocessor.table_sizes), id_dtype, shards
+
+
+def dataset_bytes(data_dir):
+    """Every file of a dataset (metadata.json without its own location)."""
+    files = {}
+    for relative in convert.dataset_files(str(data_dir)):
+        files[relative] = (data_dir / relative).read_bytes()
+    metadata = json.loads(files.pop("metadata.json"))
+    metadata.pop("data_dir", None)
+    return files, metadata
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(data_randomize="total", max_ind_range=0),
+        dict(data_randomize="day", max_ind_range=300, block_rows=100, num_shards=3),
+        dict(data_randomize="none", frequency_threshold=2, compression="gzip"),
+        dict(data_randomize="total", data_sub_sample_rate=0.4, bad_lines="skip", seed=9),
+    ],
+)
+def test_vocabulary_mode_writes_what_reparsing_the_text_wrote(tmp_path, lines, monkeypatch, kwargs):
+    body = list(lines)
+    body[5] = "1\t2"  # a bad training line, and a bad validation line
+    body[-3] = body[-3].replace("\t", "\t-x", 1)
+    raw = write_lines(tmp_path / "train.txt", body if "bad_lines" in kwargs else lines)
+    # Small shuffle buckets, some of them split again.
+    monkeypatch.setattr(spill, "SPILL_BUCKET_ROWS", 200)
+    monkeypatch.setattr(spill, "SPILL_BUFFER_BYTES", 50_000)
+    once = convert.convert("kaggle", raw, tmp_path / "once", **kwargs)
+    monkeypatch.setattr(job, "_convert_with_vocabulary", _reparsing_the_text)
+    twice = convert.convert("kaggle", raw, tmp_path / "twice", **kwargs)
+    assert once["rows"] == twice["rows"] and once["bad_lines"] == twice["bad_lines"]
+    assert dataset_bytes(tmp_path / "once") == dataset_bytes(tmp_path / "twice")
+    if "bad_lines" in kwargs:
+        assert once["bad_lines"]["skipped"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["once", "train.txt", "twice"]
+
+
+@pytest.mark.parametrize("max_ind_range", [0, 1000, 2**31])
+def test_row_cache_gives_back_the_rows_of_each_split_in_order(tmp_path, max_ind_range):
+    dtype = row_cache.parsed_dtype(max_ind_range)
+    assert dtype["values"].base == np.dtype("<i4" if max_ind_range else "<i8")
+    cache = row_cache.RowCache(str(tmp_path / "rows"), dtype)
+    rng = np.random.default_rng(0)
+    top = max_ind_range or 2**60
+    added = {"train": [], "test": []}
+    for k in range(7):
+        split = "train" if k % 3 else "test"
+        n = int(rng.integers(0, 40))
+        columns = (
+            rng.integers(0, 2, n).astype(np.uint8),
+            rng.random((n, 13), np.float32),
+            rng.integers(-1, top, (n, 26)),
+        )
+        cache.writer(split).add(*columns)
+        added[split].append(columns)
+    for split, parts in added.items():
+        blocks = list(cache.rows(split, block_rows=16))
+        assert all(len(b) <= 16 for b in blocks) and len(blocks) > 1
+        rows = np.concatenate(blocks)
+        for name, column in zip(dtype.names, zip(*parts, strict=True), strict=True):
+            np.testing.assert_array_equal(rows[name], np.concatenate(column))
+    assert list(cache.rows("validation")) == []
+    assert os.listdir(tmp_path / "rows") == []
+
+
+def test_map_ahead_keeps_order_and_reports_errors_in_place():
+    assert list(map_ahead(lambda x: x * x, range(50), threads=3)) == [x * x for x in range(50)]
+
+    def items():
+        yield from range(5)
+        raise OSError("read failed")
+
+    results = []
+    with pytest.raises(OSError, match="read failed"):
+        for result in map_ahead(lambda x: -x, items(), threads=2):
+            results.append(result)
+    assert results == [0, -1, -2, -3, -4]  # everything read before the error
+    with pytest.raises(ZeroDivisionError):
+        list(map_ahead(lambda x: 1 // (x - 3), range(6), threads=2))
 
 
 # ---------------------------------------------------------------------------
