@@ -10,7 +10,7 @@ import glob
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -221,9 +221,11 @@ def writing_pass(
         return block, lookup(block["values"])
 
     for split in SPLITS:
-        blocks = (
-            shuffle.shuffled() if split == "train" and shuffle is not None else cache.rows(split)
-        )
+        if split == "train" and shuffle is not None:
+            # A shuffle bucket is up to 1M rows: looked up a cache block at a time.
+            blocks = _blocks(shuffle.shuffled(), row_cache.READ_BLOCK_ROWS)
+        else:
+            blocks = cache.rows(split)
         for block, ids in map_ahead(with_ids, blocks, LOOKUP_THREADS):
             writers[split].add(block["label"], block["dense"], ids)
             progress.update(len(block))
@@ -232,6 +234,13 @@ def writing_pass(
     if shuffle is not None:
         shutil.rmtree(shuffle.directory, ignore_errors=True)
     return {split: writers[split].close() for split in SPLITS}
+
+
+def _blocks(arrays: Iterator[np.ndarray], rows: int) -> Iterator[np.ndarray]:
+    """The arrays' rows, in order, in slices of at most ``rows``."""
+    for array in arrays:
+        for start in range(0, len(array), rows):
+            yield array[start : start + rows]
 
 
 def _id_dtype(table_sizes: list[int]) -> str:
