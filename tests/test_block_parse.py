@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from input_pipeline import criteo
 from input_pipeline import planted_signal as synthetic
-from input_pipeline.convert.block_parse import BlockParser, line_pieces
+from input_pipeline.convert.block_parse import BlockParser
 
 
 def tensorflow_parse(preprocessor, chunk, raw_values):
@@ -174,28 +174,3 @@ def test_chunk_of_one_line_and_long_fields():
     parsed = assert_same_as_tensorflow(preprocessor, [long])
     assert parsed["ids"][0, 0] == int("f" * 15, 16) % 10**9
     assert parsed["dense"][0, 0] == 0.0
-
-
-@pytest.mark.parametrize("size", [1, 100, 1000, 10_000])
-def test_line_pieces_cut_after_whole_lines(size):
-    lines = synthetic.generate(50, seed=4).lines()
-    lines[7] = "x" * 3000  # longer than most sizes: a piece of its own
-    lines[8] = ""
-    chunk = "\n".join(lines).encode()
-    pieces = line_pieces(chunk, size)
-    assert b"\n".join(pieces) == chunk
-    assert all(len(p) <= size or b"\n" not in p for p in pieces)
-    if size >= len(max(lines, key=len)) + 1:
-        assert len(pieces) < len(lines)
-
-
-def test_a_chunk_parsed_piece_by_piece_is_the_whole_chunk_parsed(monkeypatch):
-    lines = synthetic.generate(300, seed=5).lines()
-    preprocessor = criteo.RawPreprocessor.for_raw_values(1000)
-    monkeypatch.setattr(BlockParser, "PIECE_BYTES", 2000)
-    chunk = "\n".join(lines).encode()
-    assert len(line_pieces(chunk, BlockParser.PIECE_BYTES)) > 10
-    assert_same_as_tensorflow(preprocessor, lines, raw_values=True)
-    # A bad line in a later piece leaves the whole chunk to TensorFlow.
-    bad = lines[:-1] + ["1\t2"]
-    assert BlockParser(preprocessor, raw_values=True).parse("\n".join(bad).encode()) is None
