@@ -141,16 +141,12 @@ def _route_chunk(
     train = split == TRAIN
     if not train.any():
         return
+    if not train.all():
+        label, dense, ids = label[train], dense[train], ids[train]
     if shuffle is None:
-        if train.all():
-            writers["train"].add(label, dense, ids)
-        else:
-            writers["train"].add(label[train], dense[train], ids[train])
+        writers["train"].add(label, dense, ids)
         return
-    if train.all():
-        rows = row_cache.pack_rows(shuffle.dtype, label, dense, ids)
-    else:
-        rows = row_cache.pack_rows(shuffle.dtype, label[train], dense[train], ids[train])
+    rows = row_cache.pack_rows(shuffle.dtype, label, dense, ids)
     groups = np.zeros(len(rows), np.int64) if settings.data_randomize == "total" else day[train]
     for group in np.unique(groups).tolist():
         in_group = (
