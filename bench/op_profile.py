@@ -10,6 +10,8 @@ ops' self-time into the parts of a DLRM step:
 * ``lookup_grad``: their gradient ops;
 * ``update``: the optimizer's ops (the tables' scatters and the MLPs' updates);
 * ``mlp``: the MLPs, the interaction and the loss, forward and backward;
+* ``exchange``: the collectives that carry the lookups of tables spread over
+  workers, and their gradients (``EmbeddingBags``);
 * ``xla``: XLA-compiled clusters (the tables' scatter updates; with
   ``--jit_compile`` the MLPs too), read from the trace's XLA executions, which
   the per-op statistics leave out;
@@ -30,7 +32,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
-PARTS = ("lookup", "lookup_grad", "update", "xla", "mlp", "other")
+PARTS = ("lookup", "lookup_grad", "exchange", "update", "xla", "mlp", "other")
 
 
 class ProfileSteps(keras.callbacks.Callback):
@@ -60,6 +62,8 @@ def part_of(op_name: str, op_type: str) -> str:
     """The part of a DLRM step an op belongs to, from its name scope."""
     name = op_name.lower()
     in_embedding = "embedding_bags" in name
+    if in_embedding and op_type.startswith("Collective"):
+        return "exchange"
     if "gradient_tape" in name or "gradients" in name:
         return "lookup_grad" if in_embedding else "mlp"
     if "sparse_sgd" in name or "sparse_adagrad" in name or "sparse_adam" in name:

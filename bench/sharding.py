@@ -1,6 +1,6 @@
 """Replicated against table-wise tables on several devices: step time and bytes per device.
 
-    python bench/sharding.py [--devices=2] [--flagfile=configs/dlrm_benchmark.flags]
+    python bench/sharding.py [--devices=2 | --workers=2] [--flagfile=configs/dlrm_benchmark.flags]
         [--bench_steps=20] [--rounds=2] [trainer flags ...]
 
 Runs ``bench/train_throughput.py`` under ``MirroredStrategy`` on ``--devices``
@@ -16,6 +16,13 @@ all), not what separate GPUs would gain; the bytes per device are those a
 multi-GPU host would hold. Last line: one JSON object with the median ms/step
 of each placement, their ratio, the bytes per device of each, and the CPU.
 Other flags go to ``train_throughput.py`` after the flag file (they override it).
+
+With ``--workers=N`` the runs are ``MultiWorkerMirroredStrategy`` clusters of N
+processes on 127.0.0.1 (one CPU replica each) instead: table-wise then moves
+the lookups between workers by collectives (an all-gather of the ids, an
+all-reduce of the bag sums, and the all-reduce of their gradient). Worker 0's
+figures are reported, with the collectives' share of its step from a profiler
+trace (``exchange_ms_per_step``, op self-time).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +48,7 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=0, help="N > 1: N loopback workers")
     parser.add_argument("--flagfile", default=os.path.join(ROOT, "configs", "dlrm_benchmark.flags"))
     parser.add_argument("--bench_steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
@@ -47,20 +56,63 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def measure(args: argparse.Namespace, placement: str) -> dict:
-    """One ``train_throughput`` run with ``placement``: its JSON figures."""
-    cmd = [
+def _command(args: argparse.Namespace, placement: str) -> list[str]:
+    if args.workers > 1:
+        where = ["--distribution_strategy=multi_worker_mirrored", "--bench_profile_steps=3"]
+    else:
+        where = ["--distribution_strategy=mirrored", f"--num_cpu_replicas={args.devices}"]
+    return [
         sys.executable, os.path.join(ROOT, "bench", "train_throughput.py"),
-        f"--flagfile={args.flagfile}", f"--num_cpu_replicas={args.devices}",
-        "--distribution_strategy=mirrored", f"--embedding_placement={placement}",
+        f"--flagfile={args.flagfile}", *where, f"--embedding_placement={placement}",
         f"--bench_steps={args.bench_steps}", "--bench_warmup_steps=5",
         "--bench_cache_batches=5", *args.extra,
     ]  # fmt: skip
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def measure(args: argparse.Namespace, placement: str) -> dict:
+    """One ``train_throughput`` run with ``placement`` (on each of ``--workers``
+    processes): its JSON figures (worker 0's)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"train_throughput ({placement}) failed: {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    envs = [env]
+    if args.workers > 1:
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(args.workers)]}
+        envs = [
+            dict(
+                env,
+                TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+            )
+            for i in range(args.workers)
+        ]
+    procs = [
+        subprocess.Popen(
+            _command(args, placement),
+            cwd=ROOT,
+            env=e,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for e in envs
+    ]
+    try:
+        outputs = [p.communicate() for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        if p.returncode != 0:
+            raise RuntimeError(f"train_throughput ({placement}) failed: {err[-2000:]}")
+    return json.loads(outputs[0][0].strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     ms = {p: round(statistics.median(r["ms_per_step"] for r in runs[p]), 3) for p in PLACEMENTS}
     summary = {
         "cpu": cpu_model(),
-        "devices": args.devices,
+        "devices": args.workers if args.workers > 1 else args.devices,
+        "workers": max(args.workers, 1),
         "flagfile": os.path.relpath(args.flagfile, ROOT),
         "ms_per_step_replicated": ms["replicated"],
         "ms_per_step_table_wise": ms["table_wise"],
@@ -88,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
             3,
         ),
     }
+    if args.workers > 1:
+        for placement in PLACEMENTS:
+            summary[f"exchange_ms_per_step_{placement}"] = statistics.median(
+                r.get("profile_ms_exchange", 0.0) for r in runs[placement]
+            )
     print(json.dumps(summary))
     return 0
 

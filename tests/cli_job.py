@@ -3,7 +3,8 @@
 Usage: python tests/cli_job.py OUT.npz --flag=value ...
 
 Beside ``OUT.npz`` it writes ``OUT.npz.devices.json``: for each trained weight and
-each optimizer slot, its path, its bytes and the devices holding a copy of it.
+each optimizer slot of the model as trained, its path, its bytes and the devices
+holding a copy of it (``OUT.npz`` holds the one-device model the run wrote).
 """
 
 import json
@@ -29,11 +30,12 @@ def run() -> None:
     flags.FLAGS([sys.argv[0], *sys.argv[2:]])
     result = main_module.execute()
     np.savez(out, *[w.numpy() for w in result.model.weights], steps=result.steps)
-    optimizer = result.model.optimizer
+    trained = result.training_model or result.model  # where the run kept its variables
+    optimizer = trained.optimizer
     slots = [v for v in optimizer.variables if len(v.shape) >= 1 and v.dtype == "float32"]
     placed = [
         {"path": v.path, "bytes": 4 * int(np.prod(v.shape)), "devices": devices_of(v)}
-        for v in [*result.model.trainable_weights, *slots]
+        for v in [*trained.trainable_weights, *slots]
     ]
     with open(out + ".devices.json", "w") as f:
         json.dump(placed, f)

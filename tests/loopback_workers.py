@@ -18,16 +18,14 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def run_workers(
+def start_workers(
     argv: Callable[[int], Sequence[str]],
     env: Mapping[str, str],
     cwd: Callable[[int], str],
-    timeout: float,
     num_workers: int = 2,
-) -> list[str]:
-    """Runs ``python argv(i)`` in ``cwd(i)`` as worker ``i`` (its ``TF_CONFIG`` set),
-    waits for all, and returns their outputs (stdout and stderr); every worker
-    must exit with status 0. No worker outlives the call."""
+) -> list[subprocess.Popen]:
+    """Starts ``python argv(i)`` in ``cwd(i)`` as worker ``i`` of a new cluster (its
+    ``TF_CONFIG`` set), stdout and stderr piped together."""
     cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(num_workers)]}
     procs = []
     try:
@@ -43,6 +41,25 @@ def run_workers(
                     text=True,
                 )
             )
+    except BaseException:
+        for p in procs:
+            p.kill()
+        raise
+    return procs
+
+
+def run_workers(
+    argv: Callable[[int], Sequence[str]],
+    env: Mapping[str, str],
+    cwd: Callable[[int], str],
+    timeout: float,
+    num_workers: int = 2,
+) -> list[str]:
+    """Runs ``python argv(i)`` in ``cwd(i)`` as worker ``i`` (its ``TF_CONFIG`` set),
+    waits for all, and returns their outputs (stdout and stderr); every worker
+    must exit with status 0. No worker outlives the call."""
+    procs = start_workers(argv, env, cwd, num_workers)
+    try:
         outputs = [p.communicate(timeout=timeout)[0] for p in procs]
     finally:
         for p in procs:

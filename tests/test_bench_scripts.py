@@ -302,7 +302,8 @@ def test_train_throughput_profile_names_where_the_step_time_went():
     assert result["timed_steps"] == 3
     parts = {key: value for key, value in result.items() if key.startswith("profile_ms_")}
     assert set(parts) == {
-        f"profile_ms_{p}" for p in ("lookup", "lookup_grad", "update", "xla", "mlp", "other")
+        f"profile_ms_{p}"
+        for p in ("lookup", "lookup_grad", "exchange", "update", "xla", "mlp", "other")
     }
     # SGD's table updates are XLA scatters; the MLPs' matmuls are ops of their own.
     assert (

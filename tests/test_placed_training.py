@@ -141,8 +141,9 @@ def test_spread_run_saves_loads_and_exports_as_a_one_device_model(tmp_path):
     assert any(np.abs(a - b).max() > 10 * TOL for a, b in zip(on_two, runs["spread"], strict=True))
 
 
-def test_spreading_over_workers_is_refused_before_training():
-    """Two workers of two devices each: a spreading plan stops the run with one line."""
+def test_spreading_over_workers_of_several_devices_is_refused_before_training():
+    """Two workers of two devices each: a spreading plan stops the run with one line
+    (one device per worker spreads, see ``test_worker_tables``)."""
     from types import SimpleNamespace
 
     from dlrm_tf.config import ConfigError, ModelConfig
@@ -155,7 +156,7 @@ def test_spreading_over_workers_is_refused_before_training():
     config = ModelConfig(embedding_dim=4, table_sizes=(50, 3000), bottom_mlp=(4, 4), top_mlp=(2, 1))
     lines = []
     train = trainer.TrainConfig(embedding_placement="table_wise", optimizer="sgd")
-    with pytest.raises(ConfigError, match="spreading tables over workers is not available yet"):
+    with pytest.raises(ConfigError, match="needs one device per worker, and each of these has 2"):
         trainer.plan_tables(config, train, strategy, lines.append)
     assert lines[0].startswith("Placement plan (table_wise over 4 device(s)")
     assert "  worker 1 CPU:1: " in "\n".join(lines)

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from dlrm_tf.config import ModelConfig
 from dlrm_tf.model.layers import MLP, PACKAGE, CatInteraction, DotInteraction, EmbeddingBags
+from dlrm_tf.model.placed_variables import WorkerTable
 from input_pipeline.features import DENSE_KEY, SPARSE_KEY
 
 
@@ -23,7 +24,7 @@ class DLRM(keras.Model):
         self,
         model_config: ModelConfig | dict,
         jit_compile: bool = False,
-        table_devices: tuple[str | None, ...] | None = None,
+        table_devices: tuple[str | WorkerTable | None, ...] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)

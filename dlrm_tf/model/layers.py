@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from dlrm_tf.config import dot_pairs
-from dlrm_tf.model.placed_variables import on_one_device
+from dlrm_tf.model.placed_variables import WorkerTable, on_one_device
 
 PACKAGE = "dlrm_tf"
 
@@ -49,7 +49,7 @@ class ReferenceEmbeddingInit(keras.initializers.Initializer):
     """Embedding init of the reference: ``U(-sqrt(1/n), sqrt(1/n))`` for a table of n rows."""
 
     def __call__(self, shape, dtype=None):
-        bound = math.sqrt(1.0 / int(shape[0]))
+        bound = math.sqrt(1.0 / max(int(shape[0]), 1))  # an empty table (WorkerTable) too
         return keras.random.uniform(shape, minval=-bound, maxval=bound, dtype=dtype)
 
     def get_config(self) -> dict:
@@ -109,15 +109,16 @@ class EmbeddingBags(keras.layers.Layer):
         table_sizes: Sequence[int],
         embedding_dim: int,
         validate_ids: bool = True,
-        table_devices: Sequence[str | None] | None = None,
+        table_devices: Sequence[str | WorkerTable | None] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.table_sizes = tuple(int(n) for n in table_sizes)
         self.embedding_dim = int(embedding_dim)
         self.validate_ids = bool(validate_ids)
-        # Where each table lives under a multi-device strategy (None: on every device).
-        # A property of the run, not of the model: not part of the config.
+        # Where each table lives under a multi-device strategy (None: on every device;
+        # a device: there alone; a WorkerTable: on one worker of several, see
+        # ``_exchanged_bags``). A property of the run, not of the model: not in the config.
         self.table_devices = tuple(table_devices or (None,) * len(self.table_sizes))
         if len(self.table_devices) != len(self.table_sizes):
             raise ValueError(
@@ -139,7 +140,14 @@ class EmbeddingBags(keras.layers.Layer):
             )
         self.tables = []
         for t, rows in enumerate(self.table_sizes):
-            with on_one_device(self.table_devices[t]):
+            home = self.table_devices[t]
+            if isinstance(home, WorkerTable):
+                # Another worker holds the rows; an empty variable keeps the layer's
+                # weights (and the random draws of their initializers) the same everywhere.
+                place, rows = on_one_device(home.device, exchanged=True), rows * home.held
+            else:
+                place = on_one_device(home)
+            with place:
                 table = self.add_weight(
                     name=f"embedding_table_{t}",
                     shape=(rows, self.embedding_dim),
@@ -172,14 +180,63 @@ class EmbeddingBags(keras.layers.Layer):
         ids_per_table = tf.dynamic_partition(values, part, num_tables)
         bags_per_table = tf.dynamic_partition(coords[:, 1], part, num_tables)
 
-        bags = []
-        for t in range(num_tables):
-            summed = self._bag_sums(t, ids_per_table[t], bags_per_table[t])
-            # The segment sum drops trailing examples whose bags are empty: pad them back.
-            missing = tf.cast(batch, tf.int32) - tf.shape(summed)[0]
-            bags.append(tf.pad(summed, [[0, missing], [0, 0]]))
-        out = tf.stack(bags, axis=1)
+        exchanged = self._exchanged_tables()
+        bags = {
+            t: self._padded_bag_sums(t, ids_per_table[t], bags_per_table[t], batch)
+            for t in range(num_tables)
+            if t not in exchanged
+        }
+        if exchanged:
+            theirs = self._exchanged_bags(exchanged, values, part, coords[:, 1], batch)
+            bags.update(zip(exchanged, theirs, strict=True))
+        out = tf.stack([bags[t] for t in range(num_tables)], axis=1)
         return tf.cast(out, self.compute_dtype)
+
+    def _padded_bag_sums(self, t: int, ids: tf.Tensor, bag_of_id: tf.Tensor, batch) -> tf.Tensor:
+        """``_bag_sums`` with a row for each of the ``batch`` bags."""
+        summed = self._bag_sums(t, ids, bag_of_id)
+        # The segment sum drops trailing examples whose bags are empty: pad them back.
+        missing = tf.cast(batch, tf.int32) - tf.shape(summed)[0]
+        return tf.pad(summed, [[0, missing], [0, 0]])
+
+    def _exchanged_tables(self) -> list[int]:
+        """The tables spread over workers, when this call runs in a replica of several
+        (Keras's symbolic build and calls outside the strategy only trace shapes)."""
+        spread = [t for t, home in enumerate(self.table_devices) if isinstance(home, WorkerTable)]
+        context = tf.distribute.get_replica_context()
+        if not spread or context is None or context.num_replicas_in_sync == 1:
+            return []
+        return spread
+
+    def _exchanged_bags(self, tables, values, part, bag_of_id, batch) -> list[tf.Tensor]:
+        """This replica's bag sums of ``tables``, which other workers may hold.
+
+        Every replica sends the ids of these tables to all (an all-gather, its bags
+        renumbered into the global batch); the worker holding a table sums the bags
+        of the whole global batch, the others contribute zeros; an all-reduce then
+        hands each replica the sums, of which it keeps its own rows. The all-reduce's
+        gradient is itself an all-reduce, so the holder's table receives the
+        gradient of every replica's bags, already summed.
+        """
+        context = tf.distribute.get_replica_context()
+        sizes = context.all_gather(tf.reshape(batch, [1]), axis=0)
+        offset = tf.reduce_sum(sizes[: context.replica_id_in_sync_group])
+        total = tf.reduce_sum(sizes)
+        wanted = tf.reduce_any(part[:, tf.newaxis] == tf.constant(tables, tf.int32), axis=1)
+        columns = (values, tf.cast(part, tf.int64), bag_of_id + offset)
+        mine = tf.stack([tf.boolean_mask(x, wanted) for x in columns], axis=1)
+        every = context.all_gather(mine, axis=0)  # replica by replica: still sorted by bag
+        every_part = tf.cast(every[:, 1], tf.int32)
+        ids = tf.dynamic_partition(every[:, 0], every_part, len(self.table_sizes))
+        bags = tf.dynamic_partition(every[:, 2], every_part, len(self.table_sizes))
+        sums = []
+        for t in tables:
+            # A worker without the rows gathers none: zeros, still tied to its empty table
+            # so that every worker takes part in the all-reduce of the gradient.
+            keep = None if self.table_devices[t].held else 0
+            sums.append(self._padded_bag_sums(t, ids[t][:keep], bags[t][:keep], total))
+        summed = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack(sums, axis=0))
+        return tf.unstack(summed[:, offset : offset + batch], axis=0)
 
     def _bag_sums(self, t: int, ids: tf.Tensor, bag_of_id: tf.Tensor) -> tf.Tensor:
         """Sum of the rows of table ``t`` per bag; rows past the last non-empty bag absent.

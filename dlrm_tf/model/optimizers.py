@@ -41,7 +41,12 @@ import tensorflow as tf
 
 from dlrm_tf.config import OPTIMIZERS
 from dlrm_tf.model.layers import PACKAGE, replica_local_variable
-from dlrm_tf.model.placed_variables import on_one_device, placed_device
+from dlrm_tf.model.placed_variables import (
+    held_elsewhere,
+    is_exchanged,
+    on_one_device,
+    placed_device,
+)
 
 LearningRate = float | keras.optimizers.schedules.LearningRateSchedule
 
@@ -151,6 +156,8 @@ class _SparseAwareOptimizer(keras.optimizers.Optimizer):
     Under a multi-device strategy, a table placed on one device
     (``placed_variables``) keeps its slots there too; its gradient is not
     all-reduced to every replica but summed onto its device, where it is applied.
+    A table spread over workers (exchanged) arrives with its gradient already
+    summed over the replicas, and is updated where it lives.
     """
 
     def add_variable_from_reference(self, reference_variable, name=None, initializer="zeros"):
@@ -163,7 +170,7 @@ class _SparseAwareOptimizer(keras.optimizers.Optimizer):
         backend = next(
             c for c in type(self).__mro__ if c.__module__.endswith("tensorflow.optimizer")
         )
-        with on_one_device(device):
+        with on_one_device(device, exchanged=is_exchanged(reference_variable)):
             return super(backend, self).add_variable_from_reference(
                 reference_variable, name, initializer
             )
@@ -191,10 +198,16 @@ class _SparseAwareOptimizer(keras.optimizers.Optimizer):
             if device is None:
                 shared.append((gradient, variable))
                 continue
-            # The replicas' gradients (IndexedSlices: their rows concatenated), summed there.
-            total = distribution.extended.reduce_to(
-                tf.distribute.ReduceOp.SUM, gradient, destinations=device
-            )
+            if held_elsewhere(variable):  # an empty stand-in for another worker's table
+                continue
+            if is_exchanged(variable):
+                # Spread over workers: this worker's gradient already sums every replica's.
+                total = distribution.experimental_local_results(gradient)[0]
+            else:
+                # The replicas' gradients (IndexedSlices: their rows concatenated), summed there.
+                total = distribution.extended.reduce_to(
+                    tf.distribute.ReduceOp.SUM, gradient, destinations=device
+                )
             rate = learning_rate
             if isinstance(rate, tf.distribute.DistributedValues):  # the same on every replica
                 rate = distribution.experimental_local_results(rate)[0]
@@ -348,7 +361,7 @@ class SparseAdam(_SparseAwareOptimizer):
             colocated = (
                 self._distribution_strategy.extended.colocate_vars_with(_tf_variable(variable))
                 if placed is None
-                else on_one_device(placed)
+                else on_one_device(placed, exchanged=is_exchanged(variable))
             )
             with colocated:
                 self._moments.append(

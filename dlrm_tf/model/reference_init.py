@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dlrm_tf.config import ModelConfig
+from dlrm_tf.model.placed_variables import held_elsewhere
 
 
 def _mlp_shapes(widths: Sequence[int]) -> list[tuple[int, int]]:
@@ -81,6 +82,8 @@ def assign_reference_weights(model, arrays: Sequence[np.ndarray]) -> None:
     if len(arrays) != len(variables):
         raise ValueError(f"{len(arrays)} arrays for the model's {len(variables)} weights")
     for (variable, is_kernel), value in zip(variables, arrays, strict=True):
+        if held_elsewhere(variable):  # another worker's table: it assigns these values
+            continue
         value = np.asarray(value, dtype=np.float32)
         value = value.T if is_kernel else value
         if tuple(value.shape) != tuple(variable.shape):

@@ -17,6 +17,7 @@ import numpy as np
 from absl import logging
 
 from dlrm_tf.model.dlrm import DLRM
+from dlrm_tf.model.placed_variables import held_elsewhere
 from input_pipeline import errors, safe_files
 
 
@@ -130,7 +131,8 @@ def restore_model_state(model: DLRM, path: str, with_optimizer: bool = True) -> 
             "give the flags it was trained with"
         )
     for target, source in zip(model.weights, saved.weights, strict=True):
-        target.assign(source.numpy())
+        if not held_elsewhere(target):  # a table another worker holds: its to load
+            target.assign(source.numpy())
     if not with_optimizer:
         return
     if saved.optimizer is None:
@@ -143,6 +145,8 @@ def restore_model_state(model: DLRM, path: str, with_optimizer: bool = True) -> 
             f"`optimizer` chosen has {len(targets)}; use the optimizer it was trained with"
         )
     for target, source in zip(targets, sources, strict=True):
+        if held_elsewhere(target):
+            continue
         value = np.asarray(source.numpy())
         if tuple(target.shape) != value.shape:
             raise ValueError(

@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 
 import tensorflow as tf
 from absl import logging
@@ -26,7 +27,12 @@ class Backup:
     """Crash-safe backups in ``directory``, resumed by a rerun of the same command."""
 
     def __init__(
-        self, directory: str, model: DLRM, max_to_keep: int = BACKUPS_KEPT, task: str | None = None
+        self,
+        directory: str,
+        model: DLRM,
+        max_to_keep: int = BACKUPS_KEPT,
+        task: str | None = None,
+        shards_of: Sequence[str | None] = (),
     ) -> None:
         """Backups of ``model`` (and its optimizer) in ``directory``.
 
@@ -35,6 +41,11 @@ class Backup:
         ``directory``; another task writes into ``directory/.<task>``, and every
         worker restores from the chief's backups (``directory`` must be on a
         file system all workers share).
+
+        With tables spread over the workers, each worker's backups hold its own
+        tables: ``shards_of`` names every worker's task (None: the chief), and
+        each worker restores its own backup of the newest step that all of them
+        completed.
         """
         self.model = model
         self.directory = directory
@@ -43,16 +54,20 @@ class Backup:
         self.checkpoint = tf.train.Checkpoint(
             model=model, optimizer=model.optimizer, best_metrics=self._best
         )
-        own = directory if task is None else os.path.join(directory, f".{task}")
+        self.own = _task_directory(directory, task)
+        self.shards = [_task_directory(directory, peer) for peer in shards_of]
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, own, max_to_keep=max_to_keep, step_counter=None
+            self.checkpoint, self.own, max_to_keep=max_to_keep, step_counter=None
         )
         self._last_saved_step = -1
 
     @property
     def latest(self) -> str | None:
-        """The chief's newest backup, if any."""
-        return tf.train.latest_checkpoint(self.directory)
+        """The backup to resume from, if any: the chief's newest one or, with shards,
+        this worker's at the newest step every worker completed."""
+        if not self.shards:
+            return tf.train.latest_checkpoint(self.directory)
+        return newest_common_backup(self.own, self.shards)
 
     def restore(self) -> bool:
         """Restores the newest backup, if any; returns whether one was found."""
@@ -78,6 +93,27 @@ class Backup:
             self._best.assign(json.dumps({k: float(best[k]) for k in ("auc", "accuracy")}))
         self._last_saved_step = step
         return self.manager.save(checkpoint_number=step)
+
+
+def _task_directory(directory: str, task: str | None) -> str:
+    return directory if task is None else os.path.join(directory, f".{task}")
+
+
+def _saved_steps(directory: str) -> set[int]:
+    """The steps of the complete backups in ``directory`` (a checkpoint's index file is
+    written after its data)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return set()
+    return {int(m[1]) for m in map(re.compile(r"ckpt-(\d+)\.index").fullmatch, names) if m}
+
+
+def newest_common_backup(own: str, shards: Sequence[str]) -> str | None:
+    """The backup in ``own`` of the newest step that every directory of ``shards``
+    holds complete (a kill can fall between two workers' saves of one step)."""
+    common = set.intersection(*(_saved_steps(d) for d in shards))
+    return os.path.join(own, f"ckpt-{max(common)}") if common else None
 
 
 @contextlib.contextmanager

@@ -19,10 +19,18 @@ class Evaluator:
     it an undistributed dataset): workers may hold unequal shares of the test
     files, and a collective step that one worker no longer reaches would hang
     the others. Either way every process computes the metrics over the whole
-    test split.
+    test split. With tables spread over the workers (``exchanged``) the workers still
+    each evaluate the whole split, in step: every test batch's lookups are a
+    collective step (``EmbeddingBags``).
     """
 
-    def __init__(self, model: tf.keras.Model, strategy: tf.distribute.Strategy, loss: DLRMLoss):
+    def __init__(
+        self,
+        model: tf.keras.Model,
+        strategy: tf.distribute.Strategy,
+        loss: DLRMLoss,
+        exchanged: bool = False,
+    ):
         self.model = model
         self.strategy = strategy
         self.loss = loss
@@ -30,7 +38,16 @@ class Evaluator:
         def replica_step(features, labels):
             return self.model(features, training=False), labels
 
-        if is_multi_worker(strategy):
+        if exchanged:
+
+            @tf.function(reduce_retracing=True)
+            def predict(features, labels):
+                outputs = self.strategy.run(replica_step, args=(features, labels))
+                return tf.nest.map_structure(
+                    lambda v: self.strategy.experimental_local_results(v)[0], outputs
+                )
+
+        elif is_multi_worker(strategy):
             predict = tf.function(replica_step, reduce_retracing=True)
         else:
 

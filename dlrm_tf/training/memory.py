@@ -266,18 +266,39 @@ def check_disk(
             )
 
 
+def check_placed_memory(held_bytes: int, available_bytes: int | None = None) -> int:
+    """Raises ``ModelTooLargeError`` with the arithmetic if what this host holds under an
+    ``embedding_placement`` plan (``held_bytes``, weights and slots) would not fit."""
+    if available_bytes is None:
+        available_bytes = psutil.virtual_memory().available
+    if held_bytes * HEADROOM > available_bytes:
+        raise ModelTooLargeError(
+            f"the model does not fit in host memory: this host's devices hold "
+            f"{held_bytes:,} bytes of weights and slots under the placement plan, x {HEADROOM} "
+            f"headroom = {held_bytes * HEADROOM / GIB:.2f} GiB > {available_bytes / GIB:.2f} GiB "
+            "available. Spread the tables over more workers, or shrink them"
+        )
+    return held_bytes
+
+
 def plan_and_check(
     config: ModelConfig,
     optimizer: str,
     replicas_per_host: int,
     log: Callable[[str], None],
     export_assets: int = 0,
+    held_bytes: int | None = None,
     **outputs: str | int,
 ) -> MemoryPlan:
     """Prints the memory plan, then checks memory and, for ``outputs`` (the
-    arguments of ``disk_needs``), disk space; raises when either lacks room."""
+    arguments of ``disk_needs``), disk space; raises when either lacks room.
+    ``held_bytes``: what this host holds when the tables are spread (then checked
+    instead of whole copies)."""
     plan = memory_plan(config, optimizer, replicas_per_host, export_assets)
     log(format_plan(plan))
-    check_memory(config, optimizer, replicas_per_host)
+    if held_bytes is None:
+        check_memory(config, optimizer, replicas_per_host)
+    else:
+        check_placed_memory(held_bytes)
     check_disk(disk_needs(plan, **outputs))
     return plan

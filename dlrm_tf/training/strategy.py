@@ -96,6 +96,14 @@ def task_name(strategy: tf.distribute.Strategy) -> str | None:
     return f"{resolver.task_type}-{resolver.task_id}"
 
 
+def task_names(strategy: tf.distribute.Strategy) -> list[str | None]:
+    """``task_name`` of every worker of a multi-worker ``strategy``, in replica order."""
+    spec = strategy.cluster_resolver.cluster_spec().as_dict()
+    tasks = [("chief", i) for i in range(len(spec.get("chief", [])))]
+    tasks += [("worker", i) for i in range(len(spec.get("worker", [])))]
+    return [None if n == 0 else f"{kind}-{index}" for n, (kind, index) in enumerate(tasks)]
+
+
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
     """Whether ``strategy`` spans several worker processes."""
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)

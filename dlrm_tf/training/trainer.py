@@ -26,6 +26,7 @@ from dlrm_tf.config import INITIALIZERS, ConfigError, ModelConfig
 from dlrm_tf.model import saving as model_files
 from dlrm_tf.model.dlrm import DLRM, build_model
 from dlrm_tf.model.losses import DLRMLoss, RoundedAccuracy
+from dlrm_tf.model.placed_variables import WorkerTable
 from dlrm_tf.model.reference_init import initial_stream, initialize_as_reference
 from dlrm_tf.model.schedules import WarmupPolyDecay
 from dlrm_tf.reports.debug_dump import print_debug, print_parameters
@@ -34,7 +35,8 @@ from dlrm_tf.training import callbacks as cb
 from dlrm_tf.training.data_sources import DataSource
 from dlrm_tf.training.evaluation import Evaluator
 from dlrm_tf.training.placement import PlacementPlan, plan_and_print
-from dlrm_tf.training.strategy import is_chief, task_name
+from dlrm_tf.training.strategy import is_chief, task_name, task_names
+from dlrm_tf.training.worker_tables import SingleDeviceCopy, spread_over_workers, worker_index
 from input_pipeline.random_data import batch_sizes
 
 
@@ -92,6 +94,7 @@ class RunResult:
     steps: int
     artifacts: dict[str, str]
     chief: bool = True
+    training_model: DLRM | None = None  # the model as trained, when ``model`` is its copy
 
 
 def _local_devices(strategy: tf.distribute.Strategy) -> tuple[str, ...]:
@@ -217,6 +220,19 @@ class RunState:
     chief: bool
     backup: backups.Backup | None = None
     best: dict | None = None  # the best test metrics carried from a backup or --load_model
+    # Tables spread over workers: the one-device model that files are written from.
+    single: SingleDeviceCopy | None = None
+
+    def model_to_write(self) -> DLRM:
+        """The model as one device holds it (gathered from every worker when its tables
+        are spread: then a collective step that every worker must take)."""
+        return self.single.refresh() if self.single else self.model
+
+    def save_model(self, path: str, metrics: dict | None) -> None:
+        """``--save_model``: the chief writes ``model_to_write`` (every worker calls this)."""
+        model = self.model_to_write()
+        if self.chief:
+            model_files.save_model(model, path, metrics)
 
     @property
     def step(self) -> int:
@@ -264,6 +280,12 @@ def prepare_run(
     devices = _local_devices(strategy)
     on_cpu = all("GPU" not in d.upper() for d in devices)
     writes = is_chief(strategy) and not cfg.inference_only  # the chief writes the outputs
+    plan, plan_lines = None, []
+    if cfg.embedding_placement != "replicated":
+        plan = plan_tables(model_config, cfg, strategy, plan_lines.append)
+    held = None
+    if plan is not None and plan.spread and on_cpu:
+        held = host_bytes(plan, strategy, writes and bool(cfg.save_model or cfg.export_dir))
     memory.plan_and_check(
         model_config, cfg.optimizer, len(devices) if on_cpu else 1, log,
         save_model=cfg.save_model if writes else "",
@@ -271,16 +293,30 @@ def prepare_run(
         export_dir=cfg.export_dir if writes else "",
         backup_copies=backups.BACKUPS_KEPT + 1,
         export_assets=memory.vocabulary_bytes(source.metadata),
+        held_bytes=held,
     )  # fmt: skip
-    plan = None
-    if cfg.embedding_placement != "replicated":
-        plan = plan_tables(model_config, cfg, strategy, log)
+    for line in plan_lines:
+        log(line)
     if cfg.mini_batch_size % replicas:
         raise ValueError(
             f"`mini_batch_size`={cfg.mini_batch_size} (the global batch) must be divisible by "
             f"the {replicas} replicas"
         )
     return plan
+
+
+def host_bytes(plan: PlacementPlan, strategy: tf.distribute.Strategy, copies: bool) -> int:
+    """What this process's devices hold under ``plan`` (logical CPUs share its memory);
+    with ``copies``, plus the one-device copy that files of a model spread over workers
+    are written from."""
+    device_bytes = plan.device_bytes()
+    local = len(_local_devices(strategy))
+    if len(plan.devices) == local:
+        return sum(device_bytes.values())
+    held = device_bytes[plan.devices[worker_index(strategy)]]
+    if copies:
+        held += plan.mlp_bytes + sum(t.bytes for t in plan.tables)
+    return held
 
 
 def plan_devices(strategy: tf.distribute.Strategy) -> list[str]:
@@ -297,29 +333,42 @@ def plan_tables(
     model_config: ModelConfig, cfg: TrainConfig, strategy: tf.distribute.Strategy, log=print
 ) -> PlacementPlan:
     """Prints the ``embedding_placement`` plan; refuses a plan that spreads the tables
-    over several workers, which training cannot do yet (it would silently replicate)."""
+    over workers of several devices each, which training cannot do (each worker must
+    run one replica)."""
     plan = plan_and_print(
         model_config, cfg.optimizer, plan_devices(strategy), cfg.embedding_placement, log
     )
-    if plan.spread and len(plan.devices) > len(_local_devices(strategy)):
+    local = _local_devices(strategy)
+    if plan.spread and len(plan.devices) > len(local) > 1:
         raise ConfigError(
             f"`embedding_placement`={cfg.embedding_placement}: spreading tables over workers "
-            f"is not available yet (the plan above puts them on {len(plan.devices)} devices "
-            "of several workers); use `embedding_placement`=replicated, or one worker"
+            f"needs one device per worker, and each of these has {len(local)} (the plan above "
+            "puts them on "
+            f"{len(plan.devices)} devices); give each worker one device (e.g. one GPU), or "
+            "use `embedding_placement`=replicated"
         )
     return plan
 
 
 def table_devices(
     plan: PlacementPlan | None, strategy: tf.distribute.Strategy
-) -> tuple[str | None, ...] | None:
-    """Each table's device under ``plan`` (its full TensorFlow name), or ``None`` for a
-    table on every device; ``None`` when no table is spread."""
+) -> tuple[str | WorkerTable | None, ...] | None:
+    """Each table's device under ``plan`` (its full TensorFlow name; over several
+    workers a ``WorkerTable``), or ``None`` for a table on every device; ``None``
+    when no table is spread."""
     if plan is None or not plan.spread:
         return None
-    full = {d.split("/device:")[-1]: d for d in _local_devices(strategy)}
+    local = _local_devices(strategy)
+    spread = [len(t.devices) < len(plan.devices) for t in plan.tables]
+    if len(plan.devices) > len(local):  # several workers, one device each
+        here = plan.devices[worker_index(strategy)]
+        return tuple(
+            WorkerTable(local[0], t.devices[0] == here) if s else None
+            for t, s in zip(plan.tables, spread, strict=True)
+        )
+    full = {d.split("/device:")[-1]: d for d in local}
     return tuple(
-        full[t.devices[0]] if len(t.devices) < len(plan.devices) else None for t in plan.tables
+        full[t.devices[0]] if s else None for t, s in zip(plan.tables, spread, strict=True)
     )
 
 
@@ -349,9 +398,13 @@ def build_state(
         # The best test metrics travel with the model: a resumed run must beat them.
         best = model_files.saved_best_metrics(cfg.load_model)
     source = source.with_batches(cfg.mini_batch_size, cfg.test_batch_size)
-    evaluator = Evaluator(model, strategy, make_loss(cfg))
+    spread = spread_over_workers(model)
+    evaluator = Evaluator(model, strategy, make_loss(cfg), exchanged=spread)
     has_test = source.has_test(cfg.test_freq)
-    return RunState(model, strategy, source, evaluator, has_test, is_chief(strategy), best=best)
+    single = SingleDeviceCopy(model, strategy, lambda m: compile_model(m, cfg)) if spread else None
+    return RunState(
+        model, strategy, source, evaluator, has_test, is_chief(strategy), best=best, single=single
+    )
 
 
 def evaluate_only(state: RunState, log=print) -> RunResult:
@@ -368,7 +421,10 @@ def restore_backup(state: RunState, cfg: TrainConfig, log=print) -> None:
     """With ``--backup_dir``: resumes from its latest backup, and its best metrics."""
     if not cfg.backup_dir:
         return
-    state.backup = backups.Backup(cfg.backup_dir, state.model, task=task_name(state.strategy))
+    shards = task_names(state.strategy) if state.single else ()
+    state.backup = backups.Backup(
+        cfg.backup_dir, state.model, task=task_name(state.strategy), shards_of=shards
+    )
     if state.backup.restore():
         log(f"Resumed from backup {state.backup.latest} at step {state.step}")
     if state.backup.best_metrics is not None:
@@ -418,10 +474,8 @@ def make_callbacks(
             log=printer.emit, exclude_time=printer.exclude_time,
         )  # fmt: skip
         callbacks.append(evaluator)
-        if cfg.save_model and chief:
-            saver = cb.BestModelSaver(
-                cfg.save_model, lambda path, m: model_files.save_model(state.model, path, m)
-            )
+        if cfg.save_model and (chief or state.single):  # a spread model: all gather it
+            saver = cb.BestModelSaver(cfg.save_model, state.save_model)
             evaluator.on_test.append(saver)
     hparams = run_hparams(model_config, cfg, state.strategy, describe_data(state.source))
     tb_dir = cfg.tensorboard_dir or os.path.join(cfg.run_dir, "tensorboard")
@@ -516,10 +570,12 @@ def run(
             print_parameters(state.model, "updated parameters (weights and bias):", log)
     if state.backup is not None:
         state.backup.save(force=True, best=cbs.best.value)
-    artifacts = write_artifacts(state, cfg, cbs, test_metrics, elapsed, extra, log)
+    model = state.model_to_write()
+    artifacts = write_artifacts(state, cfg, cbs, test_metrics, elapsed, extra, log, model)
     return RunResult(
-        state.model, cbs.history.records, test_metrics, state.step, artifacts, state.chief
-    )
+        model, cbs.history.records, test_metrics, state.step, artifacts, state.chief,
+        training_model=state.model if state.single else None,
+    )  # fmt: skip
 
 
 def fit_epochs(state: RunState, cfg: TrainConfig, cbs: RunCallbacks) -> None:
@@ -557,10 +613,10 @@ def final_test(state: RunState, cbs: RunCallbacks) -> dict | None:
 
 def write_artifacts(
     state: RunState, cfg: TrainConfig, cbs: RunCallbacks, test_metrics: dict | None,
-    elapsed: float, extra: dict, log=print,
+    elapsed: float, extra: dict, log=print, model: DLRM | None = None,
 ) -> dict[str, str]:  # fmt: skip
-    """The chief writes ``history.json``, the model (if not saved as best) and the plot;
-    returns where each went."""
+    """The chief writes ``history.json``, the model (``model``, default the run's; if
+    not saved as best) and the plot; returns where each went."""
     if not state.chief:
         return {}
     artifacts = {
@@ -569,7 +625,7 @@ def write_artifacts(
     }
     if cfg.save_model:
         if not state.has_test:  # nothing to rank models by: the trained model is the result
-            model_files.save_model(state.model, cfg.save_model, metrics=test_metrics)
+            model_files.save_model(model or state.model, cfg.save_model, metrics=test_metrics)
         elif not cbs.saver.saved:
             log(
                 f"{cfg.save_model} not replaced: no evaluation beat the best test AUC "
