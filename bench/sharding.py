@@ -109,9 +109,12 @@ def measure(args: argparse.Namespace, placement: str) -> dict:
     finally:
         for p in procs:
             p.kill()
-    for p, (_, err) in zip(procs, outputs, strict=True):
+    for i, (p, (_, err)) in enumerate(zip(procs, outputs, strict=True)):
         if p.returncode != 0:
-            raise RuntimeError(f"train_throughput ({placement}) failed: {err[-2000:]}")
+            # TensorFlow's collectives log a line per launch: keep the errors.
+            lines = [ln for ln in err.splitlines() if "INFO" not in ln and " I" not in ln[:8]]
+            print("\n".join(lines[-40:]), file=sys.stderr)
+            raise RuntimeError(f"train_throughput ({placement}, process {i}) failed")
     return json.loads(outputs[0][0].strip().splitlines()[-1])
 
 

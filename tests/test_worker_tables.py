@@ -99,6 +99,26 @@ def test_table_wise_on_2_workers_trains_as_one_device(optimizer, tmp_path):
 
 
 @pytest.mark.slow
+def test_auto_over_2_workers_spreads_the_large_table_and_copies_the_rest(tmp_path):
+    # 70,000 rows x d=4 x 4 bytes: 1.12 MB, above auto's 1 MiB; the rest far below. (SGD:
+    # Adagrad's first step, lr * g / |g|, would turn the rounding of a gradient near 0,
+    # summed in another order over the workers, into a visible difference.)
+    flags = ["--optimizer=sgd", "--arch_embedding_size=50-70000-20-400"]
+    one = one_device_job(tmp_path, "one", *flags)
+    auto, placed, outputs = spread_job(tmp_path, "auto", *flags, "--embedding_placement=auto")
+    assert "on every device: tables 0, 2, 3 (470 rows)" in outputs[0]
+    assert "  worker 0 CPU:0: table 1 (70,000 rows); holds" in outputs[0]
+    assert_same_weights(one, auto)
+    # Worker 1 holds no table of its own: its stand-in for table 1 has no rows.
+    sizes = [
+        {e["path"]: e["bytes"] for e in entries if "embedding_table_1" in e["path"]}
+        for entries in placed
+    ]
+    assert all(b > 0 for b in sizes[0].values()) and all(b == 0 for b in sizes[1].values())
+    assert len(sizes[0]) == len(sizes[1]) == 1  # the table (SGD has no slot)
+
+
+@pytest.mark.slow
 def test_spread_over_workers_saves_loads_and_exports_as_one_device(tmp_path):
     from dlrm_tf.model.saving import load_model
     from export.session_loader import ServingSession
