@@ -109,12 +109,13 @@ def measure(args: argparse.Namespace, placement: str) -> dict:
     finally:
         for p in procs:
             p.kill()
-    for i, (p, (_, err)) in enumerate(zip(procs, outputs, strict=True)):
-        if p.returncode != 0:
-            # TensorFlow's collectives log a line per launch: keep the errors.
-            lines = [ln for ln in err.splitlines() if "INFO" not in ln and " I" not in ln[:8]]
-            print("\n".join(lines[-40:]), file=sys.stderr)
-            raise RuntimeError(f"train_throughput ({placement}, process {i}) failed")
+    failed = [i for i, p in enumerate(procs) if p.returncode != 0]
+    for i in failed:
+        # TensorFlow's collectives log a line per launch: keep the rest.
+        lines = [ln for ln in outputs[i][1].splitlines() if "INFO" not in ln and "I1" not in ln[:3]]
+        print(f"process {i}:", "\n".join(lines[-25:]), sep="\n", file=sys.stderr)
+    if failed:
+        raise RuntimeError(f"train_throughput ({placement}) failed in process(es) {failed}")
     return json.loads(outputs[0][0].strip().splitlines()[-1])
 
 
