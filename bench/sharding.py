@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.machine import cpu_model  # noqa: E402
+from tests.loopback_workers import free_ports  # noqa: E402
 
 PLACEMENTS = ("replicated", "table_wise")
 
@@ -69,23 +69,13 @@ def _command(args: argparse.Namespace, placement: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def measure(args: argparse.Namespace, placement: str) -> dict:
     """One ``train_throughput`` run with ``placement`` (on each of ``--workers``
     processes): its JSON figures (worker 0's)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     envs = [env]
     if args.workers > 1:
-        cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(args.workers)]}
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(args.workers)]}
         envs = [
             dict(
                 env,

@@ -1,4 +1,5 @@
-"""Worker processes of a MultiWorkerMirroredStrategy cluster on 127.0.0.1, for tests."""
+"""Worker processes of a MultiWorkerMirroredStrategy cluster on 127.0.0.1, for tests and
+``bench/sharding.py``."""
 
 import json
 import socket

@@ -314,10 +314,19 @@ def test_train_throughput_profile_names_where_the_step_time_went():
     assert "Op self-time per step" in proc.stdout
 
 
-def test_sharding_bench_compares_the_placements_bytes_and_step_times():
+@pytest.mark.parametrize(
+    "where, devices",
+    [
+        ("--devices=2", ["CPU:0", "CPU:1"]),
+        pytest.param(
+            "--workers=2", ["worker 0 CPU:0", "worker 1 CPU:0"], marks=pytest.mark.slow
+        ),
+    ],
+)
+def test_sharding_bench_compares_the_placements_bytes_and_step_times(where, devices):
     proc = subprocess.run(
         [
-            sys.executable, os.path.join(ROOT, "bench", "sharding.py"), "--bench_steps=3",
+            sys.executable, os.path.join(ROOT, "bench", "sharding.py"), where, "--bench_steps=3",
             "--rounds=1", "--flagfile=" + os.path.join(ROOT, "configs", "bench.flags"),
             "--arch_embedding_size=4000-50-3000", "--arch_mlp_top=16-1", "--arch_mlp_bot=13-16",
             "--mini_batch_size=256",
@@ -328,9 +337,13 @@ def test_sharding_bench_compares_the_placements_bytes_and_step_times():
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     replicated, spread = result["device_bytes_replicated"], result["device_bytes_table_wise"]
-    assert sorted(replicated) == sorted(spread) == ["CPU:0", "CPU:1"]
+    assert sorted(replicated) == sorted(spread) == devices
     # d=16 float32 under SGD: 64 bytes a row. Spread, the 4000-row table is alone on one
     # device and the other two share the other; replicated, each device holds all 7050.
-    assert replicated["CPU:0"] - spread["CPU:0"] == 64 * 3050
-    assert replicated["CPU:1"] - spread["CPU:1"] == 64 * 4000
+    assert replicated[devices[0]] - spread[devices[0]] == 64 * 3050
+    assert replicated[devices[1]] - spread[devices[1]] == 64 * 4000
     assert result["ms_per_step_replicated"] > 0 and result["ms_per_step_table_wise"] > 0
+    if where.startswith("--workers"):
+        # Worker 0's trace: only the spread tables' lookups move by collectives.
+        assert result["exchange_ms_per_step_replicated"] == 0.0
+        assert result["exchange_ms_per_step_table_wise"] > 0

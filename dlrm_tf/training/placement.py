@@ -30,8 +30,8 @@ from dlrm_tf.training.memory import (
 
 # ``auto`` copies a table to every device below this size (weights + optimizer slots).
 # A copy that small costs each device less than the MLPs it already holds (Criteo
-# Kaggle's at d=16 are 1.8 MiB of weights) and saves that table's all-to-all
-# exchange of lookups; Criteo's small tables (3 to a few thousand rows) fall below
+# Kaggle's at d=16 are 1.8 MiB of weights) and saves moving that table's lookups
+# between devices or workers; Criteo's small tables (3 to a few thousand rows) fall below
 # it at d <= 64, its large ones (10^5 to 10^7 rows) far above.
 AUTO_THRESHOLD_BYTES = 1 << 20
 
