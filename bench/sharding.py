@@ -38,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.machine import cpu_model  # noqa: E402
-from tests.loopback_workers import free_ports  # noqa: E402
+from tests.loopback_workers import tf_configs  # noqa: E402
 
 PLACEMENTS = ("replicated", "table_wise")
 
@@ -75,14 +75,7 @@ def measure(args: argparse.Namespace, placement: str) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     envs = [env]
     if args.workers > 1:
-        cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(args.workers)]}
-        envs = [
-            dict(
-                env,
-                TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
-            )
-            for i in range(args.workers)
-        ]
+        envs = [dict(env, TF_CONFIG=config) for config in tf_configs(args.workers)]
     procs = [
         subprocess.Popen(
             _command(args, placement),

@@ -46,8 +46,8 @@ from bench.op_profile import ProfileSteps, breakdown  # noqa: E402
 from dlrm_tf import flags as dlrm_flags  # noqa: E402  (the trainer's flags and their configs)
 from dlrm_tf import job  # noqa: E402
 from dlrm_tf.model.dlrm import build_model
+from dlrm_tf.training.strategy import is_chief
 from dlrm_tf.training.trainer import compile_model, plan_tables, set_precision, table_devices
-from dlrm_tf.training.worker_tables import worker_index
 
 flags.DEFINE_integer("bench_warmup_steps", 15, "Steps not timed.")
 flags.DEFINE_integer("bench_steps", 60, "Steps timed.")
@@ -135,13 +135,6 @@ def dense_only_rate(model, batch: int, steps: int, warmup: int) -> float:
     return batch * steps / (time.perf_counter() - started)
 
 
-def first_worker(strategy: tf.distribute.Strategy) -> bool:
-    """Whether this process is the only one, or worker 0 of a multi-worker cluster."""
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return True
-    return worker_index(strategy) == 0
-
-
 def main(argv) -> int:
     del argv
     # Table sizes come from converted data; the flag file's random-data sizes stand unused.
@@ -176,7 +169,7 @@ def main(argv) -> int:
     profiler = None
     # Every worker of a cluster runs the traced steps; only the first traces them
     # (two of TensorFlow's profilers stopping at once in one host aborted a worker).
-    if FLAGS.bench_profile_steps > 0 and first_worker(strategy):
+    if FLAGS.bench_profile_steps > 0 and is_chief(strategy):
         profiler = ProfileSteps(timed_end + 1, FLAGS.bench_profile_steps)
         callbacks.append(profiler)
     model.fit(data, epochs=1, steps_per_epoch=steps, callbacks=callbacks, verbose=0, shuffle=False)

@@ -19,6 +19,15 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def tf_configs(num_workers: int) -> list[str]:
+    """The ``TF_CONFIG`` of each worker of a new cluster on free ports of 127.0.0.1."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(num_workers)]}
+    return [
+        json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        for index in range(num_workers)
+    ]
+
+
 def start_workers(
     argv: Callable[[int], Sequence[str]],
     env: Mapping[str, str],
@@ -27,16 +36,14 @@ def start_workers(
 ) -> list[subprocess.Popen]:
     """Starts ``python argv(i)`` in ``cwd(i)`` as worker ``i`` of a new cluster (its
     ``TF_CONFIG`` set), stdout and stderr piped together."""
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(num_workers)]}
     procs = []
     try:
-        for index in range(num_workers):
-            task = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        for index, tf_config in enumerate(tf_configs(num_workers)):
             procs.append(
                 subprocess.Popen(
                     [sys.executable, *argv(index)],
                     cwd=cwd(index),
-                    env=dict(env, TF_CONFIG=json.dumps(task)),
+                    env=dict(env, TF_CONFIG=tf_config),
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                     text=True,
