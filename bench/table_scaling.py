@@ -30,12 +30,15 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from input_pipeline.tf_startup import prefer_onednn  # noqa: E402
+
+prefer_onednn()  # the kernels the trainer's command runs on
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from dlrm_tf.config import OPTIMIZERS, ModelConfig  # noqa: E402
 from dlrm_tf.model.dlrm import DENSE_KEY, SPARSE_KEY, build_model  # noqa: E402

@@ -35,19 +35,23 @@ import os
 import sys
 import time
 
-import keras
-import numpy as np
-import tensorflow as tf
-from absl import app, flags
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.machine import cpu_model  # noqa: E402  (run as a script: the repo root first)
+from input_pipeline.tf_startup import prefer_onednn  # noqa: E402  (run as a script: the repo root first)
+
+prefer_onednn()  # the kernels the trainer's command runs on
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from bench.machine import cpu_model, onednn_enabled  # noqa: E402
 from bench.op_profile import ProfileSteps, breakdown  # noqa: E402
 from dlrm_tf import flags as dlrm_flags  # noqa: E402  (the trainer's flags and their configs)
 from dlrm_tf import job  # noqa: E402
-from dlrm_tf.model.dlrm import build_model
-from dlrm_tf.training.strategy import is_chief
-from dlrm_tf.training.trainer import compile_model, plan_tables, set_precision, table_devices
+from dlrm_tf.model.dlrm import build_model  # noqa: E402
+from dlrm_tf.training.strategy import is_chief  # noqa: E402
+from dlrm_tf.training.trainer import compile_model, plan_tables, set_precision, table_devices  # noqa: E402
 
 flags.DEFINE_integer("bench_warmup_steps", 15, "Steps not timed.")
 flags.DEFINE_integer("bench_steps", 60, "Steps timed.")
@@ -188,6 +192,7 @@ def main(argv) -> int:
     ms_per_step = 1000 * seconds / timer.timed
     result = {
         "cpu": cpu_model(),
+        "onednn": onednn_enabled(),
         "gemm_gflops_fp32": round(rates["fp32"], 1),
         "gemm_gflops_bf16": round(rates["bf16"], 1),
         "samples_per_s": round(rate, 1),

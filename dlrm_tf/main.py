@@ -11,9 +11,9 @@ import os
 import sys
 import time
 
-from input_pipeline.tf_startup import quiet_tensorflow
+from input_pipeline.tf_startup import start_tensorflow
 
-quiet_tensorflow()  # before TensorFlow's first import: its start-up lines only on request
+start_tensorflow()  # before TensorFlow's first import: oneDNN, start-up lines on request
 
 from absl import app, flags, logging  # noqa: E402
 

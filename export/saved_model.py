@@ -34,10 +34,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from input_pipeline.tf_startup import quiet_tensorflow
+from input_pipeline.tf_startup import start_tensorflow
 
 if __name__ == "__main__":  # the command: TensorFlow's start-up lines only on request
-    quiet_tensorflow()
+    start_tensorflow()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

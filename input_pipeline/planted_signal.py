@@ -27,10 +27,10 @@ import sys
 import time
 from collections.abc import Iterator
 
-from input_pipeline.tf_startup import quiet_tensorflow
+from input_pipeline.tf_startup import start_tensorflow
 
 if __name__ == "__main__":  # the command: TensorFlow's start-up lines only on request
-    quiet_tensorflow()
+    start_tensorflow()
 
 import numpy as np  # noqa: E402
 

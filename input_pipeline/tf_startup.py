@@ -11,6 +11,9 @@ captured line except those. ``--verbose`` on the command line or
 ``TF_CPP_MIN_LOG_LEVEL=0`` in the environment (``errors.verbose_requested``)
 leaves TensorFlow's logging untouched.
 
+``start_tensorflow()`` is what the entry points call: oneDNN's CPU kernels
+preferred (``prefer_onednn``), then the quiet import.
+
 Standard library only until it imports TensorFlow itself, so the converter,
 the exporter and the trainer can share it under the import rules.
 """
@@ -18,6 +21,7 @@ the exporter and the trainer can share it under the import rules.
 from __future__ import annotations
 
 import os
+import platform
 import re
 import sys
 import tempfile
@@ -34,6 +38,25 @@ STARTUP_LINES = re.compile(
     r"|^To enable the following instructions:.*rebuild TensorFlow"
     r"|failed call to cuInit"
 )
+
+
+def start_tensorflow(argv: Sequence[str] | None = None) -> None:
+    """Before TensorFlow's first import: oneDNN preferred, start-up lines kept quiet."""
+    prefer_onednn()
+    quiet_tensorflow(argv)
+
+
+def prefer_onednn() -> None:
+    """Turns on TensorFlow's oneDNN CPU kernels on x86 unless the environment chooses.
+
+    TensorFlow turns them on by itself only where the CPU has AVX-512 VNNI, bf16
+    or AMX; on an AVX2-only CPU its default kernels made the Kaggle-shape
+    training step about 1.6x slower (``bench/train_throughput.py``, README).
+    TensorFlow reads ``TF_ENABLE_ONEDNN_OPTS`` once, at its import: setting it
+    any later changes nothing, and a value already in the environment is kept.
+    """
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
 def quiet_tensorflow(argv: Sequence[str] | None = None) -> None:

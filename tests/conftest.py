@@ -5,7 +5,10 @@ import os
 
 import pytest
 
+from input_pipeline.tf_startup import prefer_onednn
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+prefer_onednn()  # tests in this process run the kernels the commands run
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

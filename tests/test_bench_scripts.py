@@ -347,3 +347,44 @@ def test_sharding_bench_compares_the_placements_bytes_and_step_times(where, devi
         # Worker 0's trace: only the spread tables' lookups move by collectives.
         assert result["exchange_ms_per_step_replicated"] == 0.0
         assert result["exchange_ms_per_step_table_wise"] > 0
+
+
+def test_cpu_kernels_bench_runs_both_kernel_sets_and_reports_their_ratio():
+    """Each round runs the training bench without and with oneDNN (as the runs' own
+    JSON says), and the ratio is that of the medians of the printed step times."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "bench", "cpu_kernels.py"),
+            "--rounds=1",
+            "--",
+            "--flagfile=" + os.path.join(ROOT, "configs", "bench.flags"),
+            "--arch_embedding_size=1000-50-7",
+            "--arch_mlp_top=16-1",
+            "--arch_mlp_bot=13-16",
+            "--mini_batch_size=256",
+            "--bench_warmup_steps=3",
+            "--bench_steps=3",
+            "--bench_cache_batches=3",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    runs = {
+        line.split(":")[0]: json.loads(line.split(": ", 1)[1])
+        for line in lines
+        if line.startswith("oneDNN ")
+    }
+    assert {name: run["onednn"] for name, run in runs.items()} == {
+        "oneDNN off": False,
+        "oneDNN on": True,
+    }
+    summary = json.loads(lines[-1])
+    off, on = runs["oneDNN off"]["ms_per_step"], runs["oneDNN on"]["ms_per_step"]
+    assert summary["ms_per_step_onednn_off"] == [off] and summary["ms_per_step_onednn_on"] == [on]
+    assert summary["speedup"] == round(off / on, 3)

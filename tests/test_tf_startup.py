@@ -2,6 +2,7 @@
 TensorFlow's start-up lines only when asked."""
 
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -63,3 +64,33 @@ def test_a_training_run_prints_its_output_and_no_startup_lines(tmp_path, startup
     assert not startup_lines & messages(proc.stderr), proc.stderr[-3000:]
     # The device probe's failure (no CUDA driver) is one of them on a CPU machine.
     assert "failed call to cuInit" not in proc.stderr
+
+
+ONEDNN_ON = "oneDNN custom operations are on"
+
+
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"), reason="oneDNN is preferred on x86"
+)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["-m", "dlrm_tf.main", "--help"],
+        ["-m", "input_pipeline.convert", "--help"],
+        ["-m", "export.saved_model", "--help"],
+        ["-m", "input_pipeline.planted_signal", "--help"],
+    ],
+    ids=["train", "convert", "export", "synthetic"],
+)
+def test_each_command_runs_onednn_kernels_unless_the_environment_says_no(command):
+    """TensorFlow's own start-up line tells whether its oneDNN kernels are on: the
+    commands turn them on where TensorFlow alone would not (CPUs without AVX-512
+    VNNI), and a user's TF_ENABLE_ONEDNN_OPTS=0 still wins."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "environ", env)
+        chosen = run([*command, "--verbose"])
+        refused = run([*command, "--verbose"], TF_ENABLE_ONEDNN_OPTS="0")
+    assert chosen.stdout.strip() and refused.stdout.strip(), chosen.stderr[-2000:]
+    assert ONEDNN_ON in chosen.stderr, chosen.stderr[-2000:]
+    assert ONEDNN_ON not in refused.stderr, refused.stderr[-2000:]
