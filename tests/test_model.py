@@ -113,11 +113,14 @@ def test_empty_bags_in_last_rows_give_zero_vectors():
     assert not out[2].any()
 
 
-@pytest.mark.parametrize("bad_id", [4, 100, -2])
-def test_out_of_range_ids_raise(bad_id):
+@pytest.mark.parametrize("feature, bad_id", [(0, 4), (0, 100), (0, -2), (0, 5), (1, 6), (1, -3)])
+def test_out_of_range_ids_raise(feature, bad_id):
+    """Checked against the id's own table: 5 is in range of table 1, not of table 0."""
     layer = EmbeddingBags((4, 6), 3)
-    ids = np.array([[0, 1], [bad_id, 2]], dtype=np.int64)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="out of range"):
+    ids = np.array([[0, 1], [3, 2]], dtype=np.int64)
+    ids[1, feature] = bad_id
+    message = rf"out of range; first bad \(feature, example, slot\) = \[\[{feature} 1 0\]\]"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         layer(ids)
 
 
