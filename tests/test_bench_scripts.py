@@ -275,20 +275,26 @@ def test_bench_scripts_report_mistakes_in_one_line(tmp_path):
     assert_one_error_line(result.returncode, result.stderr, "Unknown command line flag 'nope'")
 
 
+# bench/train_throughput.py on a model and batch small enough for a test.
+SMALL_THROUGHPUT_FLAGS = (
+    "--flagfile=" + os.path.join(ROOT, "configs", "bench.flags"),
+    "--arch_embedding_size=1000-50-7",
+    "--arch_mlp_top=16-1",
+    "--arch_mlp_bot=13-16",
+    "--mini_batch_size=256",
+    "--bench_warmup_steps=3",
+    "--bench_steps=3",
+    "--bench_cache_batches=3",
+)
+
+
 def test_train_throughput_profile_names_where_the_step_time_went():
     """A traced step's op time is split into the step's parts, the tables' scatter among them."""
     proc = subprocess.run(
         [
             sys.executable,
             os.path.join(ROOT, "bench", "train_throughput.py"),
-            "--flagfile=" + os.path.join(ROOT, "configs", "bench.flags"),
-            "--arch_embedding_size=1000-50-7",
-            "--arch_mlp_top=16-1",
-            "--arch_mlp_bot=13-16",
-            "--mini_batch_size=256",
-            "--bench_warmup_steps=3",
-            "--bench_steps=3",
-            "--bench_cache_batches=3",
+            *SMALL_THROUGHPUT_FLAGS,
             "--bench_profile_steps=2",
         ],
         cwd=ROOT,
@@ -358,14 +364,7 @@ def test_cpu_kernels_bench_runs_both_kernel_sets_and_reports_their_ratio():
             os.path.join(ROOT, "bench", "cpu_kernels.py"),
             "--rounds=1",
             "--",
-            "--flagfile=" + os.path.join(ROOT, "configs", "bench.flags"),
-            "--arch_embedding_size=1000-50-7",
-            "--arch_mlp_top=16-1",
-            "--arch_mlp_bot=13-16",
-            "--mini_batch_size=256",
-            "--bench_warmup_steps=3",
-            "--bench_steps=3",
-            "--bench_cache_batches=3",
+            *SMALL_THROUGHPUT_FLAGS,
         ],
         cwd=ROOT,
         env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),

@@ -37,17 +37,17 @@ def startup_lines() -> set[str]:
     return lines
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["-m", "dlrm_tf.main", "--help"],
-        ["-m", "input_pipeline.convert", "--help"],
-        ["-m", "export.saved_model", "--help"],
-        ["-m", "input_pipeline.planted_signal", "--help"],
-        ["-m", "export.grpc_client", "--help"],
-    ],
-    ids=["train", "convert", "export", "synthetic", "grpc_client"],
-)
+# Each command's --help, by a short name.
+HELP_COMMANDS = {
+    "train": ["-m", "dlrm_tf.main", "--help"],
+    "convert": ["-m", "input_pipeline.convert", "--help"],
+    "export": ["-m", "export.saved_model", "--help"],
+    "synthetic": ["-m", "input_pipeline.planted_signal", "--help"],
+    "grpc_client": ["-m", "export.grpc_client", "--help"],
+}
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS.values(), ids=HELP_COMMANDS.keys())
 def test_help_of_each_command_is_free_of_startup_lines(command, startup_lines):
     quiet = run(command)
     assert quiet.stdout.strip(), quiet.stderr[-2000:]
@@ -67,6 +67,7 @@ def test_a_training_run_prints_its_output_and_no_startup_lines(tmp_path, startup
 
 
 ONEDNN_ON = "oneDNN custom operations are on"
+TENSORFLOW_COMMANDS = ["train", "convert", "export", "synthetic"]  # the gRPC client has none
 
 
 @pytest.mark.skipif(
@@ -74,13 +75,8 @@ ONEDNN_ON = "oneDNN custom operations are on"
 )
 @pytest.mark.parametrize(
     "command",
-    [
-        ["-m", "dlrm_tf.main", "--help"],
-        ["-m", "input_pipeline.convert", "--help"],
-        ["-m", "export.saved_model", "--help"],
-        ["-m", "input_pipeline.planted_signal", "--help"],
-    ],
-    ids=["train", "convert", "export", "synthetic"],
+    [HELP_COMMANDS[name] for name in TENSORFLOW_COMMANDS],
+    ids=TENSORFLOW_COMMANDS,
 )
 def test_each_command_runs_onednn_kernels_unless_the_environment_says_no(command):
     """TensorFlow's own start-up line tells whether its oneDNN kernels are on: the
