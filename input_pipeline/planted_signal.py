@@ -29,7 +29,7 @@ from collections.abc import Iterator
 
 from input_pipeline.tf_startup import start_tensorflow
 
-if __name__ == "__main__":  # the command: TensorFlow's start-up lines only on request
+if __name__ == "__main__":  # the command: oneDNN, start-up lines only on request
     start_tensorflow()
 
 import numpy as np  # noqa: E402

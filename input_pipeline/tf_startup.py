@@ -51,7 +51,7 @@ def prefer_onednn() -> None:
 
     TensorFlow turns them on by itself only where the CPU has AVX-512 VNNI, bf16
     or AMX; on an AVX2-only CPU its default kernels made the Kaggle-shape
-    training step about 1.6x slower (``bench/train_throughput.py``, README).
+    training step about 1.5x slower (``bench/cpu_kernels.py``, README).
     TensorFlow reads ``TF_ENABLE_ONEDNN_OPTS`` once, at its import: setting it
     any later changes nothing, and a value already in the environment is kept.
     """

@@ -275,6 +275,20 @@ def test_bench_scripts_report_mistakes_in_one_line(tmp_path):
     assert_one_error_line(result.returncode, result.stderr, "Unknown command line flag 'nope'")
 
 
+def run_python_bench(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``bench/<script>`` run as a user runs it, on the CPU; asserts it exited 0."""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", script), *args],
+        cwd=ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES=""),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 # bench/train_throughput.py on a model and batch small enough for a test.
 SMALL_THROUGHPUT_FLAGS = (
     "--flagfile=" + os.path.join(ROOT, "configs", "bench.flags"),
@@ -290,20 +304,9 @@ SMALL_THROUGHPUT_FLAGS = (
 
 def test_train_throughput_profile_names_where_the_step_time_went():
     """A traced step's op time is split into the step's parts, the tables' scatter among them."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "bench", "train_throughput.py"),
-            *SMALL_THROUGHPUT_FLAGS,
-            "--bench_profile_steps=2",
-        ],
-        cwd=ROOT,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES=""),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_python_bench(
+        "train_throughput.py", *SMALL_THROUGHPUT_FLAGS, "--bench_profile_steps=2", timeout=300
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["timed_steps"] == 3
     parts = {key: value for key, value in result.items() if key.startswith("profile_ms_")}
@@ -330,17 +333,12 @@ def test_train_throughput_profile_names_where_the_step_time_went():
     ],
 )
 def test_sharding_bench_compares_the_placements_bytes_and_step_times(where, devices):
-    proc = subprocess.run(
-        [
-            sys.executable, os.path.join(ROOT, "bench", "sharding.py"), where, "--bench_steps=3",
-            "--rounds=1", "--flagfile=" + os.path.join(ROOT, "configs", "bench.flags"),
-            "--arch_embedding_size=4000-50-3000", "--arch_mlp_top=16-1", "--arch_mlp_bot=13-16",
-            "--mini_batch_size=256",
-        ],
-        cwd=ROOT, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""), capture_output=True, text=True,
-        timeout=600,
+    proc = run_python_bench(
+        "sharding.py", where, "--bench_steps=3", "--rounds=1",
+        "--flagfile=" + os.path.join(ROOT, "configs", "bench.flags"),
+        "--arch_embedding_size=4000-50-3000", "--arch_mlp_top=16-1", "--arch_mlp_bot=13-16",
+        "--mini_batch_size=256",
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     replicated, spread = result["device_bytes_replicated"], result["device_bytes_table_wise"]
     assert sorted(replicated) == sorted(spread) == devices
@@ -358,21 +356,7 @@ def test_sharding_bench_compares_the_placements_bytes_and_step_times(where, devi
 def test_cpu_kernels_bench_runs_both_kernel_sets_and_reports_their_ratio():
     """Each round runs the training bench without and with oneDNN (as the runs' own
     JSON says), and the ratio is that of the medians of the printed step times."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "bench", "cpu_kernels.py"),
-            "--rounds=1",
-            "--",
-            *SMALL_THROUGHPUT_FLAGS,
-        ],
-        cwd=ROOT,
-        env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_python_bench("cpu_kernels.py", "--rounds=1", "--", *SMALL_THROUGHPUT_FLAGS)
     lines = proc.stdout.strip().splitlines()
     runs = {
         line.split(":")[0]: json.loads(line.split(": ", 1)[1])
