@@ -49,6 +49,7 @@ from bench.machine import cpu_model, onednn_enabled  # noqa: E402
 from bench.op_profile import ProfileSteps, breakdown  # noqa: E402
 from dlrm_tf import flags as dlrm_flags  # noqa: E402  (the trainer's flags and their configs)
 from dlrm_tf import job  # noqa: E402
+from dlrm_tf.kernels import embedding_rows  # noqa: E402
 from dlrm_tf.model.dlrm import build_model  # noqa: E402
 from dlrm_tf.training.strategy import is_chief  # noqa: E402
 from dlrm_tf.training.trainer import compile_model, plan_tables, set_precision, table_devices  # noqa: E402
@@ -193,6 +194,7 @@ def main(argv) -> int:
     result = {
         "cpu": cpu_model(),
         "onednn": onednn_enabled(),
+        "fused_kernels": embedding_rows.available(),
         "gemm_gflops_fp32": round(rates["fp32"], 1),
         "gemm_gflops_bf16": round(rates["bf16"], 1),
         "samples_per_s": round(rate, 1),

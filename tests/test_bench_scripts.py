@@ -353,21 +353,25 @@ def test_sharding_bench_compares_the_placements_bytes_and_step_times(where, devi
         assert result["exchange_ms_per_step_table_wise"] > 0
 
 
-def test_cpu_kernels_bench_runs_both_kernel_sets_and_reports_their_ratio():
-    """Each round runs the training bench without and with oneDNN (as the runs' own
-    JSON says), and the ratio is that of the medians of the printed step times."""
-    proc = run_python_bench("cpu_kernels.py", "--rounds=1", "--", *SMALL_THROUGHPUT_FLAGS)
+@pytest.mark.parametrize("compare", ["onednn", "fused_kernels"])
+def test_cpu_kernels_bench_runs_both_sides_and_reports_their_ratio(compare):
+    """Each round runs the training bench with the compared setting off and on (as
+    the runs' own JSON says), and the ratio is that of the medians of the step times."""
+    proc = run_python_bench(
+        "cpu_kernels.py", f"--compare={compare}", "--rounds=1", "--", *SMALL_THROUGHPUT_FLAGS
+    )
     lines = proc.stdout.strip().splitlines()
     runs = {
         line.split(":")[0]: json.loads(line.split(": ", 1)[1])
         for line in lines
-        if line.startswith("oneDNN ")
+        if line.startswith(f"{compare} ")
     }
-    assert {name: run["onednn"] for name, run in runs.items()} == {
-        "oneDNN off": False,
-        "oneDNN on": True,
+    assert {name: run[compare] for name, run in runs.items()} == {
+        f"{compare} off": False,
+        f"{compare} on": True,
     }
     summary = json.loads(lines[-1])
-    off, on = runs["oneDNN off"]["ms_per_step"], runs["oneDNN on"]["ms_per_step"]
-    assert summary["ms_per_step_onednn_off"] == [off] and summary["ms_per_step_onednn_on"] == [on]
+    off, on = runs[f"{compare} off"]["ms_per_step"], runs[f"{compare} on"]["ms_per_step"]
+    assert summary[f"ms_per_step_{compare}_off"] == [off]
+    assert summary[f"ms_per_step_{compare}_on"] == [on]
     assert summary["speedup"] == round(off / on, 3)

@@ -24,6 +24,7 @@ from export import signatures as sig
 from input_pipeline import safe_files
 from input_pipeline.convert import convert
 from input_pipeline.criteo import NUM_DENSE, NUM_SPARSE, RawPreprocessor
+from input_pipeline.features import DENSE_KEY, SPARSE_KEY
 
 TOL = 1e-6
 CHECK_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "export_check.py")
@@ -134,6 +135,7 @@ def setup(tmp_path_factory):
     pre = RawPreprocessor.from_metadata(metadata["data_dir"])
     keras_utils_seed()
     model = build_model(small_config(pre.table_sizes))
+    train_one_step(model, pre.table_sizes)
     base = tmp / "models"
     version_dir = esm.export_model(model, base, raw_preprocessor=pre)
 
@@ -341,6 +343,21 @@ def run_capi_check(version_dir: str, cases: list[dict], tmp) -> dict:
     return json.loads(result_path.read_text())
 
 
+def train_one_step(model, table_sizes) -> None:
+    """One ``model.fit`` step, as a user trains before exporting: the model object
+    then holds the traced training step (with the fused kernels where built)."""
+    from dlrm_tf.model.optimizers import make_optimizer
+
+    rng = np.random.default_rng(5)
+    features = {
+        DENSE_KEY: rng.uniform(0, 6, (32, NUM_DENSE)).astype(np.float32),
+        SPARSE_KEY: (rng.random((32, NUM_SPARSE)) * np.array(table_sizes)).astype(np.int64),
+    }
+    labels = rng.integers(0, 2, (32, 1)).astype(np.float32)
+    model.compile(optimizer=make_optimizer("sgd", 0.1), loss="binary_crossentropy")
+    model.fit(features, labels, batch_size=32, epochs=1, verbose=0)
+
+
 def keras_utils_seed() -> None:
     import keras
 
@@ -393,6 +410,27 @@ def test_c_api_session_matches_keras(setup, name):
     assert "output" in entry, entry
     expected = np.load(setup["cases"][name]["expected"])
     np.testing.assert_allclose(np.load(entry["output"]), expected, atol=TOL)
+
+
+def test_export_of_a_model_trained_with_the_fused_kernels_holds_only_tensorflow_ops(setup):
+    """The fixture's model trained through DlrmBagSum (where the kernels are built);
+    its SavedModel, which TF Serving loads without them, holds no op of theirs."""
+    from tensorflow.python.tools import saved_model_utils
+
+    from dlrm_tf.kernels import embedding_rows
+
+    if embedding_rows.available():
+        model = setup["model"]
+        specs = {
+            DENSE_KEY: tf.TensorSpec([None, NUM_DENSE], tf.float32),
+            SPARSE_KEY: tf.TensorSpec([None, NUM_SPARSE], tf.int64),
+        }
+        training = tf.function(lambda f: model(f, training=True)).get_concrete_function(specs)
+        assert "DlrmBagSum" in {op.type for op in training.graph.get_operations()}
+    meta = saved_model_utils.get_meta_graph_def(setup["version_dir"], "serve")
+    nodes = list(meta.graph_def.node)
+    nodes += [n for f in meta.graph_def.library.function for n in f.node_def]
+    assert not [n.op for n in nodes if n.op.startswith("Dlrm")]
 
 
 def test_saved_model_holds_each_weight_once(setup):

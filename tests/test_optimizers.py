@@ -378,8 +378,12 @@ def table_reads(graph, handle) -> set[str]:
     return {consumer.type for consumer in internal[0].consumers()}
 
 
-# Ops that touch only some rows of a resource variable.
-ROW_OPS = {"ResourceGather", "ResourceScatterSub", "ResourceScatterUpdate", "ResourceScatterAdd"}
+# Ops that touch only some rows of a resource variable (the Dlrm ones: the fused
+# kernels of dlrm_tf.kernels, which read and write rows by id).
+ROW_OPS = {
+    "ResourceGather", "ResourceScatterSub", "ResourceScatterUpdate", "ResourceScatterAdd",
+    "DlrmBagSum", "DlrmScatterSubRows",
+}  # fmt: skip
 
 
 def optimized_resource_consumers(run, rows, width, log_dir) -> list[set[str]]:

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from dlrm_tf.config import dot_pairs
+from dlrm_tf.kernels import embedding_rows
 from dlrm_tf.model.placed_variables import WorkerTable, on_one_device
 
 PACKAGE = "dlrm_tf"
@@ -160,7 +161,10 @@ class EmbeddingBags(keras.layers.Layer):
                 )
             self.tables.append(table)
 
-    def call(self, ids):
+    def call(self, ids, training=None):
+        # Training steps pool with the fused CPU kernel where it is built
+        # (``dlrm_tf.kernels``); inference, and so every export, keeps TensorFlow's ops.
+        fused = bool(training)
         ids = tf.convert_to_tensor(ids)
         if ids.dtype != tf.int64:
             ids = tf.cast(ids, tf.int64)
@@ -182,18 +186,24 @@ class EmbeddingBags(keras.layers.Layer):
 
         exchanged = self._exchanged_tables()
         bags = {
-            t: self._padded_bag_sums(t, ids_per_table[t], bags_per_table[t], batch)
+            t: self._padded_bag_sums(t, ids_per_table[t], bags_per_table[t], batch, fused)
             for t in range(num_tables)
             if t not in exchanged
         }
         if exchanged:
-            theirs = self._exchanged_bags(exchanged, values, part, coords[:, 1], batch)
+            theirs = self._exchanged_bags(exchanged, values, part, coords[:, 1], batch, fused)
             bags.update(zip(exchanged, theirs, strict=True))
         out = tf.stack([bags[t] for t in range(num_tables)], axis=1)
         return tf.cast(out, self.compute_dtype)
 
-    def _padded_bag_sums(self, t: int, ids: tf.Tensor, bag_of_id: tf.Tensor, batch) -> tf.Tensor:
-        """``_bag_sums`` with a row for each of the ``batch`` bags."""
+    def _padded_bag_sums(
+        self, t: int, ids: tf.Tensor, bag_of_id: tf.Tensor, batch, fused: bool
+    ) -> tf.Tensor:
+        """``_bag_sums`` with a row for each of the ``batch`` bags (through the fused
+        kernel when ``fused`` and the table can use it)."""
+        table = replica_local_variable(self.tables[t].value)
+        if fused and embedding_rows.usable(table):
+            return embedding_rows.bag_sum(table, ids, bag_of_id, batch)
         summed = self._bag_sums(t, ids, bag_of_id)
         # The segment sum drops trailing examples whose bags are empty: pad them back.
         missing = tf.cast(batch, tf.int32) - tf.shape(summed)[0]
@@ -208,7 +218,7 @@ class EmbeddingBags(keras.layers.Layer):
             return []
         return spread
 
-    def _exchanged_bags(self, tables, values, part, bag_of_id, batch) -> list[tf.Tensor]:
+    def _exchanged_bags(self, tables, values, part, bag_of_id, batch, fused) -> list[tf.Tensor]:
         """This replica's bag sums of ``tables``, which other workers may hold.
 
         Every replica sends the ids of these tables to all (an all-gather, its bags
@@ -234,7 +244,7 @@ class EmbeddingBags(keras.layers.Layer):
             # A worker without the rows gathers none: zeros, still tied to its empty table
             # so that every worker takes part in the all-reduce of the gradient.
             keep = None if self.table_devices[t].held else 0
-            sums.append(self._padded_bag_sums(t, ids[t][:keep], bags[t][:keep], total))
+            sums.append(self._padded_bag_sums(t, ids[t][:keep], bags[t][:keep], total, fused))
         summed = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack(sums, axis=0))
         return tf.unstack(summed[:, offset : offset + batch], axis=0)
 

@@ -40,6 +40,7 @@ import keras
 import tensorflow as tf
 
 from dlrm_tf.config import OPTIMIZERS
+from dlrm_tf.kernels import embedding_rows
 from dlrm_tf.model.layers import PACKAGE, replica_local_variable
 from dlrm_tf.model.placed_variables import (
     held_elsewhere,
@@ -128,7 +129,9 @@ def _same_rows(a: tf.Tensor, b: tf.Tensor) -> bool:
 def scatter_sub_rows(variable, ids: tf.Tensor, rows: tf.Tensor, scale: tf.Tensor) -> None:
     """``variable[ids] -= scale * rows``, the rows of repeated ids each subtracted.
 
-    Through an XLA-compiled gather-multiply-scatter: TensorFlow's own
+    On a CPU where the fused kernel is built (``dlrm_tf.kernels``), by that
+    kernel, reading the rows from the tensor they were gathered from. Else
+    through an XLA-compiled gather-multiply-scatter: TensorFlow's own
     ``ResourceScatterSub`` kernel updates a row several times slower than XLA's
     on CPU. XLA compiles one program per shape, so the ids are padded to
     ``padded_length`` with id -1, whose updates XLA's scatter skips (its
@@ -137,9 +140,14 @@ def scatter_sub_rows(variable, ids: tf.Tensor, rows: tf.Tensor, scale: tf.Tensor
     padded), else padded with zero rows.
     """
     variable = replica_local_variable(variable)
+    gathered = gathered_from(rows)
+    if embedding_rows.usable(variable) and rows.dtype == tf.float32:
+        # The fused CPU kernel: no padding, rows updated on every thread.
+        source, positions = gathered or (rows, tf.range(tf.shape(ids, out_type=tf.int64)[0]))
+        embedding_rows.scatter_sub_rows(variable, ids, source, positions, scale)
+        return
     n = tf.shape(ids, out_type=tf.int64)[0]
     pad = padded_length(n) - n
-    gathered = gathered_from(rows)
     if gathered is None:
         source = tf.pad(rows, [[0, pad]] + [[0, 0]] * (rows.shape.rank - 1))
         positions = tf.range(n + pad)

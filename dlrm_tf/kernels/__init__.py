@@ -1,0 +1,1 @@
+"""C++ CPU kernels for the embedding tables' hot loops, built on first use (see ``build``)."""

@@ -1,0 +1,246 @@
+// Fused CPU kernels for embedding tables held in resource variables.
+//
+// DlrmBagSum: out[b] = sum of table[ids[i]] over the i with bag_of_id[i] == b,
+//   reading each row once from the variable (no [n, d] copy of the gathered rows).
+// DlrmScatterSubRows: table[ids[i]] -= scale * source[positions[i]], row updates
+//   spread over the CPU threads by id (each row written by one thread, in order).
+//
+// Both keep TensorFlow's sparse-access contract on the variable (copy-on-read
+// mode, as ResourceGather and the ResourceScatter ops do) and reject an id
+// outside the table with InvalidArgument.
+
+#define EIGEN_USE_THREADS
+
+#include <algorithm>
+#include <atomic>
+#include <vector>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/resource_mgr.h"
+#include "tensorflow/core/framework/resource_var.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/kernels/training_op_helpers.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+namespace dlrm_tf {
+
+using tensorflow::DEVICE_CPU;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+using tensorflow::Var;
+using CPUDevice = Eigen::ThreadPoolDevice;
+namespace errors = tensorflow::errors;
+
+REGISTER_OP("DlrmBagSum")
+    .Input("table: resource")
+    .Input("ids: int64")
+    .Input("bag_of_id: int64")
+    .Input("num_bags: int64")
+    .Output("sums: float")
+    .Attr("dim: int")
+    .SetIsStateful()
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      int64_t dim;
+      TF_RETURN_IF_ERROR(c->GetAttr("dim", &dim));
+      tensorflow::shape_inference::DimensionHandle bags;
+      TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(3, &bags));
+      c->set_output(0, c->Matrix(bags, dim));
+      return absl::OkStatus();
+    });
+
+REGISTER_OP("DlrmScatterSubRows")
+    .Input("table: resource")
+    .Input("ids: int64")
+    .Input("source: float")
+    .Input("positions: int64")
+    .Input("scale: float")
+    .SetIsStateful()
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext*) {
+      return absl::OkStatus();
+    });
+
+namespace {
+
+// The table's variable (input 0), put in sparse-access mode.
+absl::Status LookupTable(OpKernelContext* ctx, tensorflow::core::RefCountPtr<Var>* var) {
+  TF_RETURN_IF_ERROR(LookupResource(ctx, tensorflow::HandleFromInput(ctx, 0), var));
+  return tensorflow::EnsureSparseVariableAccess<CPUDevice, float>(ctx, var->get());
+}
+
+absl::Status CheckTable(const Tensor& table) {
+  if (table.dtype() != tensorflow::DT_FLOAT || table.dims() != 2) {
+    return errors::InvalidArgument("embedding table must be a float32 matrix, got ",
+                                   table.DebugString());
+  }
+  return absl::OkStatus();
+}
+
+// Rows are read in random order: fetching a few ids ahead hides most of the
+// memory latency, which dominates once a table is larger than the caches.
+constexpr int64_t kAhead = 8;
+
+// The row of ids[i + kAhead] (of ids[n - 1] near the end); an out-of-range id
+// is clamped, as only a prefetch reads it.
+inline const float* RowAhead(const float* table, const int64_t* ids, int64_t i, int64_t n,
+                             int64_t rows, int64_t dim) {
+  return table + std::clamp<int64_t>(ids[std::min(i + kAhead, n - 1)], 0, rows - 1) * dim;
+}
+
+// A macro, not a function: GCC deletes calls of a function that only prefetches
+// (it counts prefetches as free of side effects).
+#define DLRM_PREFETCH_ROW(row, dim)                             \
+  do {                                                          \
+    const float* const dlrm_row = (row);                        \
+    const int64_t dlrm_last = (dim) - 1;                        \
+    __builtin_prefetch(dlrm_row);                               \
+    __builtin_prefetch(dlrm_row + std::min<int64_t>(16, dlrm_last)); \
+    __builtin_prefetch(dlrm_row + std::min<int64_t>(32, dlrm_last)); \
+    __builtin_prefetch(dlrm_row + std::min<int64_t>(48, dlrm_last)); \
+  } while (0)
+
+absl::Status OutOfRange(int64_t id, int64_t i, int64_t rows) {
+  return errors::InvalidArgument("id ", id, " at position ", i,
+                                 " is outside the table's [0, ", rows, ")");
+}
+
+}  // namespace
+
+class BagSumOp : public OpKernel {
+ public:
+  explicit BagSumOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& ids_t = ctx->input(1);
+    const Tensor& bags_t = ctx->input(2);
+    OP_REQUIRES(ctx, ids_t.dims() == 1 && bags_t.shape() == ids_t.shape(),
+                errors::InvalidArgument("ids and bag_of_id must be vectors of one length"));
+    const int64_t num_bags = ctx->input(3).scalar<int64_t>()();
+    const int64_t n = ids_t.dim_size(0);
+    const auto ids = ids_t.flat<int64_t>();
+    const auto bag_of_id = bags_t.flat<int64_t>();
+
+    // starts[b]..starts[b + 1]: the ids of bag b (bag_of_id is sorted).
+    std::vector<int64_t> starts(num_bags + 1, n);
+    int64_t previous = -1;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t b = bag_of_id(i);
+      OP_REQUIRES(ctx, b >= previous && b < num_bags,
+                  errors::InvalidArgument("bag_of_id must be sorted and below num_bags; ",
+                                          "position ", i, " has ", b));
+      for (int64_t k = previous + 1; k <= b; ++k) starts[k] = i;
+      previous = b;
+    }
+
+    tensorflow::core::RefCountPtr<Var> var;
+    OP_REQUIRES_OK(ctx, LookupTable(ctx, &var));
+    tsl::tf_shared_lock lock(*var->mu());
+    const Tensor& table_t = *var->tensor();
+    OP_REQUIRES_OK(ctx, CheckTable(table_t));
+    const int64_t rows = table_t.dim_size(0);
+    const int64_t dim = table_t.dim_size(1);
+    Tensor* out_t = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({num_bags, dim}), &out_t));
+    const float* table = table_t.flat<float>().data();
+    float* out = out_t->flat<float>().data();
+
+    std::atomic<int64_t> bad{-1};
+    auto sum_bags = [&](int64_t first, int64_t last) {
+      for (int64_t b = first; b < last; ++b) {
+        float* acc = out + b * dim;
+        std::fill(acc, acc + dim, 0.0f);
+        for (int64_t i = starts[b]; i < starts[b + 1]; ++i) {
+          const int64_t id = ids(i);
+          if (id < 0 || id >= rows) {
+            bad.store(i);
+            continue;
+          }
+          DLRM_PREFETCH_ROW(RowAhead(table, ids.data(), i, n, rows, dim), dim);
+          const float* row = table + id * dim;
+          for (int64_t j = 0; j < dim; ++j) acc[j] += row[j];
+        }
+      }
+    };
+    const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+    const int64_t cost = (n / std::max<int64_t>(num_bags, 1) + 1) * dim * 4;
+    tensorflow::Shard(workers->num_threads, workers->workers, num_bags, cost, sum_bags);
+    const int64_t i = bad.load();
+    OP_REQUIRES(ctx, i < 0, OutOfRange(i < 0 ? 0 : ids(i), i, rows));
+  }
+};
+
+class ScatterSubRowsOp : public OpKernel {
+ public:
+  explicit ScatterSubRowsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& ids_t = ctx->input(1);
+    const Tensor& source_t = ctx->input(2);
+    const Tensor& positions_t = ctx->input(3);
+    OP_REQUIRES(ctx, ids_t.dims() == 1 && positions_t.shape() == ids_t.shape(),
+                errors::InvalidArgument("ids and positions must be vectors of one length"));
+    OP_REQUIRES(ctx, source_t.dims() == 2,
+                errors::InvalidArgument("source must be a matrix, got ",
+                                        source_t.shape().DebugString()));
+    const float scale = ctx->input(4).scalar<float>()();
+    const int64_t n = ids_t.dim_size(0);
+    const int64_t sources = source_t.dim_size(0);
+    const auto ids = ids_t.flat<int64_t>();
+    const auto positions = positions_t.flat<int64_t>();
+
+    tensorflow::core::RefCountPtr<Var> var;
+    OP_REQUIRES_OK(ctx, LookupTable(ctx, &var));
+    tsl::mutex_lock lock(*var->mu());
+    Tensor* table_t = var->tensor();
+    OP_REQUIRES_OK(ctx, CheckTable(*table_t));
+    const int64_t rows = table_t->dim_size(0);
+    const int64_t dim = table_t->dim_size(1);
+    OP_REQUIRES(ctx, source_t.dim_size(1) == dim,
+                errors::InvalidArgument("source rows have ", source_t.dim_size(1),
+                                        " values, the table's ", dim));
+    // Every id and position is checked before any row changes.
+    for (int64_t i = 0; i < n; ++i) {
+      OP_REQUIRES(ctx, ids(i) >= 0 && ids(i) < rows, OutOfRange(ids(i), i, rows));
+      OP_REQUIRES(ctx, positions(i) >= 0 && positions(i) < sources,
+                  errors::InvalidArgument("position ", positions(i), " at ", i,
+                                          " is outside the source's ", sources, " rows"));
+    }
+    float* table = table_t->flat<float>().data();
+    const float* source = source_t.flat<float>().data();
+
+    // Part p updates the rows with id % parts == p, each in the ids' order: the
+    // same result as one thread, without two threads writing one row.
+    const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+    const int64_t parts = std::max(1, workers->num_threads);
+    auto update = [&](int64_t first, int64_t last) {
+      // This shard's ids and their source rows, in order: the prefetches then
+      // fetch only rows this thread writes.
+      std::vector<int64_t> mine, from;
+      mine.reserve(n / parts + 1);
+      from.reserve(n / parts + 1);
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t part = ids(i) % parts;
+        if (part < first || part >= last) continue;
+        mine.push_back(ids(i));
+        from.push_back(positions(i));
+      }
+      const int64_t m = static_cast<int64_t>(mine.size());
+      for (int64_t k = 0; k < m; ++k) {
+        DLRM_PREFETCH_ROW(RowAhead(table, mine.data(), k, m, rows, dim), dim);
+        float* row = table + mine[k] * dim;
+        const float* delta = source + from[k] * dim;
+        for (int64_t j = 0; j < dim; ++j) row[j] -= scale * delta[j];
+      }
+    };
+    tensorflow::Shard(parts, workers->workers, parts, std::max<int64_t>(n * dim, 1), update);
+  }
+};
+
+REGISTER_KERNEL_BUILDER(Name("DlrmBagSum").Device(DEVICE_CPU).HostMemory("num_bags"),
+                        BagSumOp);
+REGISTER_KERNEL_BUILDER(Name("DlrmScatterSubRows").Device(DEVICE_CPU), ScatterSubRowsOp);
+
+}  // namespace dlrm_tf
