@@ -1,7 +1,9 @@
-"""One CPU kernel choice off and on, on the training bench, in one run.
+"""One speed-up setting off and on, on the training bench, in one run.
 
     python bench/cpu_kernels.py [--compare=onednn] [--rounds=2] -- --flagfile=configs/bench.flags
     python bench/cpu_kernels.py --compare=fused_kernels -- --flagfile=configs/dlrm_benchmark.flags
+    python bench/cpu_kernels.py --compare=packed_gradients -- --flagfile=configs/bench.flags \
+        --num_cpu_replicas=2 --distribution_strategy=mirrored
 
 Runs ``bench/train_throughput.py`` with the flags after ``--``, alternately with
 the compared setting off and on, ``--rounds`` times each, so both share the
@@ -10,7 +12,10 @@ machine's state of the moment:
 * ``onednn``: TensorFlow's oneDNN kernels (``TF_ENABLE_ONEDNN_OPTS=0`` / ``=1``,
   the commands' default on x86, see ``input_pipeline.tf_startup.prefer_onednn``);
 * ``fused_kernels``: the project's fused embedding kernels
-  (``DLRM_TF_FUSED_KERNELS=0`` / ``=1``, the default, see ``dlrm_tf.kernels``).
+  (``DLRM_TF_FUSED_KERNELS=0`` / ``=1``, the default, see ``dlrm_tf.kernels``);
+* ``packed_gradients``: the tables' gradients all-reduced as one under a
+  multi-replica strategy (``DLRM_TF_PACKED_GRADIENTS=0`` / ``=1``, the default,
+  see ``dlrm_tf.model.packed_gradients``; give ``--num_cpu_replicas=2``).
 
 Prints every run's JSON line, then one JSON object: the CPU, both sides' step
 times and dense-only rates, and ``speedup`` (the median step time with the
@@ -35,6 +40,7 @@ from input_pipeline import errors  # noqa: E402
 COMPARED = {
     "onednn": ("TF_ENABLE_ONEDNN_OPTS", "onednn"),
     "fused_kernels": ("DLRM_TF_FUSED_KERNELS", "fused_kernels"),
+    "packed_gradients": ("DLRM_TF_PACKED_GRADIENTS", "packed_gradients"),
 }
 SETTINGS = {"off": "0", "on": "1"}
 

@@ -50,6 +50,7 @@ from bench.op_profile import ProfileSteps, breakdown  # noqa: E402
 from dlrm_tf import flags as dlrm_flags  # noqa: E402  (the trainer's flags and their configs)
 from dlrm_tf import job  # noqa: E402
 from dlrm_tf.kernels import embedding_rows  # noqa: E402
+from dlrm_tf.model import packed_gradients  # noqa: E402
 from dlrm_tf.model.dlrm import build_model  # noqa: E402
 from dlrm_tf.training.strategy import is_chief  # noqa: E402
 from dlrm_tf.training.trainer import compile_model, plan_tables, set_precision, table_devices  # noqa: E402
@@ -195,6 +196,7 @@ def main(argv) -> int:
         "cpu": cpu_model(),
         "onednn": onednn_enabled(),
         "fused_kernels": embedding_rows.available(),
+        "packed_gradients": packed_gradients.enabled(),
         "gemm_gflops_fp32": round(rates["fp32"], 1),
         "gemm_gflops_bf16": round(rates["bf16"], 1),
         "samples_per_s": round(rate, 1),

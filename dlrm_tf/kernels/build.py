@@ -26,6 +26,8 @@ from types import ModuleType
 import tensorflow as tf
 from absl import logging
 
+from dlrm_tf.switches import switched_on
+
 DISABLE_ENV = "DLRM_TF_FUSED_KERNELS"
 CACHE_ENV = "DLRM_TF_KERNEL_CACHE"
 _SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -34,7 +36,7 @@ COMPILE_TIMEOUT_S = 600
 
 def enabled() -> bool:
     """False when the environment turns the kernels off (``DLRM_TF_FUSED_KERNELS=0``)."""
-    return os.environ.get(DISABLE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return switched_on(DISABLE_ENV)
 
 
 def _compiler() -> list[str] | None:
