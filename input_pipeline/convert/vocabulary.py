@@ -20,9 +20,15 @@ class ValueCounter:
         self.pending_size = [0] * criteo.NUM_SPARSE
 
     def add(self, values: np.ndarray, present: np.ndarray) -> None:
+        """Counts the ``present`` entries of ``values`` ``[n, 26]``, feature by feature."""
+        # Column-major, and int32 when the values allow: masking a strided column and
+        # sorting int64 took about half again as long.
+        narrow = len(values) and values.min() >= -(2**31) and values.max() < 2**31
+        columns = np.ascontiguousarray(values.T, np.int32 if narrow else np.int64)
+        present = np.ascontiguousarray(present.T)
         for f in range(criteo.NUM_SPARSE):
-            unique, counts = np.unique(values[present[:, f], f], return_counts=True)
-            self.pending[f].append((unique, counts.astype(np.int64)))
+            unique, counts = np.unique(columns[f][present[f]], return_counts=True)
+            self.pending[f].append((unique.astype(np.int64), counts.astype(np.int64)))
             self.pending_size[f] += len(unique)
             if self.pending_size[f] > max(1 << 20, len(self.merged[f][0])):
                 self._merge(f)
