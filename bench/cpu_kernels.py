@@ -15,7 +15,10 @@ machine's state of the moment:
   (``DLRM_TF_FUSED_KERNELS=0`` / ``=1``, the default, see ``dlrm_tf.kernels``);
 * ``packed_gradients``: the tables' gradients all-reduced as one under a
   multi-replica strategy (``DLRM_TF_PACKED_GRADIENTS=0`` / ``=1``, the default,
-  see ``dlrm_tf.model.packed_gradients``; give ``--num_cpu_replicas=2``).
+  see ``dlrm_tf.model.packed_gradients``; give ``--num_cpu_replicas=2``);
+* ``pooled_lookup``: all tables pooled by one fused op rather than one op per
+  table (``DLRM_TF_POOLED_LOOKUP=0`` / ``=1``, the default, see
+  ``dlrm_tf.kernels.embedding_rows``).
 
 Prints every run's JSON line, then one JSON object: the CPU, both sides' step
 times and dense-only rates, and ``speedup`` (the median step time with the
@@ -41,6 +44,7 @@ COMPARED = {
     "onednn": ("TF_ENABLE_ONEDNN_OPTS", "onednn"),
     "fused_kernels": ("DLRM_TF_FUSED_KERNELS", "fused_kernels"),
     "packed_gradients": ("DLRM_TF_PACKED_GRADIENTS", "packed_gradients"),
+    "pooled_lookup": ("DLRM_TF_POOLED_LOOKUP", "pooled_lookup"),
 }
 SETTINGS = {"off": "0", "on": "1"}
 

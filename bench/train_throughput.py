@@ -196,6 +196,7 @@ def main(argv) -> int:
         "cpu": cpu_model(),
         "onednn": onednn_enabled(),
         "fused_kernels": embedding_rows.available(),
+        "pooled_lookup": embedding_rows.pooled(),
         "packed_gradients": packed_gradients.enabled(),
         "gemm_gflops_fp32": round(rates["fp32"], 1),
         "gemm_gflops_bf16": round(rates["bf16"], 1),

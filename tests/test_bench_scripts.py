@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 
@@ -326,9 +327,7 @@ def test_train_throughput_profile_names_where_the_step_time_went():
     "where, devices",
     [
         ("--devices=2", ["CPU:0", "CPU:1"]),
-        pytest.param(
-            "--workers=2", ["worker 0 CPU:0", "worker 1 CPU:0"], marks=pytest.mark.slow
-        ),
+        pytest.param("--workers=2", ["worker 0 CPU:0", "worker 1 CPU:0"], marks=pytest.mark.slow),
     ],
 )
 def test_sharding_bench_compares_the_placements_bytes_and_step_times(where, devices):
@@ -352,7 +351,7 @@ def test_sharding_bench_compares_the_placements_bytes_and_step_times(where, devi
         assert result["exchange_ms_per_step_table_wise"] > 0
 
 
-@pytest.mark.parametrize("compare", ["onednn", "fused_kernels"])
+@pytest.mark.parametrize("compare", ["onednn", "fused_kernels", "pooled_lookup"])
 def test_cpu_kernels_bench_runs_both_sides_and_reports_their_ratio(compare):
     """Each round runs the training bench with the compared setting off and on (as
     the runs' own JSON says), and the ratio is that of the medians of the step times."""
@@ -374,3 +373,19 @@ def test_cpu_kernels_bench_runs_both_sides_and_reports_their_ratio(compare):
     assert summary[f"ms_per_step_{compare}_off"] == [off]
     assert summary[f"ms_per_step_{compare}_on"] == [on]
     assert summary["speedup"] == round(off / on, 3)
+
+
+def test_embedding_step_bench_times_both_lookups_of_the_flagfiles_shape(tmp_path):
+    flagfile = tmp_path / "small.flags"
+    flagfile.write_text(
+        "# a small multi-hot shape\n--arch_embedding_size=300-40-5\n"
+        "--arch_sparse_feature_size=8\n--num_indices_per_lookup=4\n--mini_batch_size=64\n"
+    )
+    proc = run_python_bench(
+        "embedding_step.py", f"--flagfile={flagfile}", "--rounds=3", "--steps=2"
+    )
+    assert "3 tables, d=8, 4 id(s) per bag, batch 64" in proc.stdout
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    per_table, pooled = result["ms_per_step_per_table"], result["ms_per_step_pooled"]
+    assert len(per_table) == len(pooled) == 3 and min(per_table + pooled) > 0
+    assert result["speedup"] == round(statistics.median(per_table) / statistics.median(pooled), 3)

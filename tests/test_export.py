@@ -426,7 +426,7 @@ def test_export_of_a_model_trained_with_the_fused_kernels_holds_only_tensorflow_
             SPARSE_KEY: tf.TensorSpec([None, NUM_SPARSE], tf.int64),
         }
         training = tf.function(lambda f: model(f, training=True)).get_concrete_function(specs)
-        assert "DlrmBagSum" in {op.type for op in training.graph.get_operations()}
+        assert "DlrmBagSums" in {op.type for op in training.graph.get_operations()}
     meta = saved_model_utils.get_meta_graph_def(setup["version_dir"], "serve")
     nodes = list(meta.graph_def.node)
     nodes += [n for f in meta.graph_def.library.function for n in f.node_def]

@@ -91,14 +91,64 @@ def test_out_of_range_id_fails_and_changes_nothing():
         embedding_rows.bag_sum(table, [0, 1], [1, 0], 2)
 
 
+def padded_ids(rng, sizes, batch: int, slots: int) -> np.ndarray:
+    """``[T, B, H]`` ids with -1 padding, empty bags and a repeated id per table."""
+    ids = np.stack([rng.integers(-1, n, (batch, slots)) for n in sizes])
+    ids[:, -1] = -1  # the last bag of every table is empty
+    ids[:, : batch // 3, 0] = ids[:, :1, 0].clip(0)
+    return ids
+
+
+def test_bag_sums_of_several_tables_equal_numpy_bit_for_bit():
+    rng = np.random.default_rng(5)
+    sizes = (60, 1, 300)
+    values = [rng.standard_normal((n, 8)).astype(np.float32) for n in sizes]
+    ids = padded_ids(rng, sizes, 33, 5)
+    got = embedding_rows.bag_sums([tf.Variable(v) for v in values], ids).numpy()
+    assert got.shape == (33, 3, 8)
+    for t, table in enumerate(values):
+        bags, slots = np.nonzero(ids[t] >= 0)
+        expected = numpy_bag_sums(table, ids[t][bags, slots], bags, 33)
+        np.testing.assert_array_equal(got[:, t], expected)
+
+
+def test_bag_sums_gradient_is_each_tables_rows_in_bag_order():
+    rng = np.random.default_rng(6)
+    sizes = (20, 45)
+    tables = [tf.Variable(rng.standard_normal((n, 4)).astype(np.float32)) for n in sizes]
+    ids = padded_ids(rng, sizes, 12, 3)
+    weight = tf.constant(rng.standard_normal((12, 2, 4)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(embedding_rows.bag_sums(tables, ids) * weight)
+    grads = tape.gradient(loss, tables)
+    for t, grad in enumerate(grads):
+        assert isinstance(grad, tf.IndexedSlices)
+        bags, slots = np.nonzero(ids[t] >= 0)
+        np.testing.assert_array_equal(grad.indices.numpy(), ids[t][bags, slots])
+        np.testing.assert_array_equal(grad.values.numpy(), weight.numpy()[bags, t])
+        assert tuple(grad.dense_shape.numpy()) == (sizes[t], 4)
+
+
+def test_bag_sums_reject_an_id_outside_its_table():
+    tables = [tf.Variable(np.ones((4, 2), np.float32)), tf.Variable(np.ones((9, 2), np.float32))]
+    ids = np.array([[[0], [3]], [[8], [-1]]])
+    assert embedding_rows.bag_sums(tables, ids).numpy()[0, 1].tolist() == [1.0, 1.0]
+    ids[0, 1, 0] = 4
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"id 4 of feature 0 at example 1 "):
+        embedding_rows.bag_sums(tables, ids)
+    ids[0, 1, 0], ids[1, 1, 0] = 0, -2
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"id -2 of feature 1 at example 1 "):
+        embedding_rows.bag_sums(tables, ids)
+
+
 def graph_op_types(function, *args) -> set[str]:
     graph = tf.function(function).get_concrete_function(*args).graph
     return {op.type for op in graph.get_operations()}
 
 
 def test_layer_uses_the_kernel_in_training_only_with_the_same_result():
-    """Training pools through DlrmBagSum; inference (and so every export) through
-    TensorFlow's ops; both give NumPy's bag sums."""
+    """Training pools all tables through one DlrmBagSums; inference (and so every
+    export) through TensorFlow's ops; both give NumPy's bag sums."""
     rng = np.random.default_rng(3)
     layer = EmbeddingBags((40, 70), 5)
     ids = rng.integers(-1, 40, (9, 2, 4))
@@ -111,8 +161,9 @@ def test_layer_uses_the_kernel_in_training_only_with_the_same_result():
         return layer(x, training=False)
 
     spec = tf.TensorSpec([None, 2, 4], tf.int64)
-    assert "DlrmBagSum" in graph_op_types(train, spec)
-    assert "DlrmBagSum" not in graph_op_types(infer, spec)
+    trained_ops, inferred_ops = graph_op_types(train, spec), graph_op_types(infer, spec)
+    assert "DlrmBagSums" in trained_ops and "GatherV2" not in trained_ops
+    assert not {op for op in inferred_ops if op.startswith("Dlrm")}
     trained, inferred = train(ids).numpy(), infer(ids).numpy()
     for t, table in enumerate(layer.tables):
         kept = ids[:, t] >= 0
@@ -120,6 +171,24 @@ def test_layer_uses_the_kernel_in_training_only_with_the_same_result():
         expected = numpy_bag_sums(table.numpy(), ids[:, t][kept], bags, 9)
         np.testing.assert_array_equal(trained[:, t], expected)
         np.testing.assert_allclose(inferred[:, t], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_pooled_lookup_switched_off_pools_each_table_on_its_own(monkeypatch):
+    rng = np.random.default_rng(7)
+    layer = EmbeddingBags((40, 70, 5), 3)
+    ids = rng.integers(-1, 5, (6, 3, 2))
+    layer.build(ids.shape)
+    spec = tf.TensorSpec([None, 3, 2], tf.int64)
+
+    def train(x):
+        return layer(x, training=True)
+
+    pooled = train(ids).numpy()
+    monkeypatch.setenv(embedding_rows.POOLED_ENV, "0")
+    assert not embedding_rows.pooled()
+    ops = graph_op_types(train, spec)
+    assert "DlrmBagSum" in ops and "DlrmBagSums" not in ops
+    np.testing.assert_array_equal(train(ids).numpy(), pooled)
 
 
 @pytest.mark.parametrize("name", ["sgd", "adagrad", "adam"])

@@ -382,7 +382,7 @@ def table_reads(graph, handle) -> set[str]:
 # kernels of dlrm_tf.kernels, which read and write rows by id).
 ROW_OPS = {
     "ResourceGather", "ResourceScatterSub", "ResourceScatterUpdate", "ResourceScatterAdd",
-    "DlrmBagSum", "DlrmScatterSubRows",
+    "DlrmBagSum", "DlrmBagSums", "DlrmScatterSubRows",
 }  # fmt: skip
 
 

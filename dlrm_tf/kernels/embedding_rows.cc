@@ -4,6 +4,10 @@
 //   reading each row once from the variable (no [n, d] copy of the gathered rows).
 // DlrmScatterSubRows: table[ids[i]] -= scale * source[positions[i]], row updates
 //   spread over the CPU threads by id (each row written by one thread, in order).
+// DlrmBagSums: DlrmBagSum of N tables of one width at once, from the padded ids
+//   [N, B, H] (-1: absent) into [B, N, d]. DlrmPresentIds: each table's present
+//   ids in (bag, slot) order and the row b * N + t of the [B * N, d] output
+//   gradient each one's gradient row is, for its IndexedSlices.
 //
 // Both keep TensorFlow's sparse-access contract on the variable (copy-on-read
 // mode, as ResourceGather and the ResourceScatter ops do) and reject an id
@@ -13,6 +17,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <vector>
 
 #include "tensorflow/core/framework/op.h"
@@ -63,11 +68,41 @@ REGISTER_OP("DlrmScatterSubRows")
       return absl::OkStatus();
     });
 
+REGISTER_OP("DlrmBagSums")
+    .Input("tables: N * resource")
+    .Input("ids: int64")
+    .Output("sums: float")
+    .Attr("N: int >= 1")
+    .Attr("dim: int")
+    .SetIsStateful()
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      int64_t n, dim;
+      TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
+      TF_RETURN_IF_ERROR(c->GetAttr("dim", &dim));
+      tensorflow::shape_inference::ShapeHandle ids;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(n), 3, &ids));
+      c->set_output(0, c->MakeShape({c->Dim(ids, 1), n, dim}));
+      return absl::OkStatus();
+    });
+
+REGISTER_OP("DlrmPresentIds")
+    .Input("ids: int64")
+    .Output("table_ids: N * int64")
+    .Output("positions: N * int64")
+    .Attr("N: int >= 1")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      int64_t n;
+      TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
+      for (int64_t t = 0; t < 2 * n; ++t) c->set_output(t, c->Vector(c->UnknownDim()));
+      return absl::OkStatus();
+    });
+
 namespace {
 
 // The table's variable (input 0), put in sparse-access mode.
-absl::Status LookupTable(OpKernelContext* ctx, tensorflow::core::RefCountPtr<Var>* var) {
-  TF_RETURN_IF_ERROR(LookupResource(ctx, tensorflow::HandleFromInput(ctx, 0), var));
+absl::Status LookupTable(OpKernelContext* ctx, tensorflow::core::RefCountPtr<Var>* var,
+                         int input = 0) {
+  TF_RETURN_IF_ERROR(LookupResource(ctx, tensorflow::HandleFromInput(ctx, input), var));
   return tensorflow::EnsureSparseVariableAccess<CPUDevice, float>(ctx, var->get());
 }
 
@@ -239,8 +274,127 @@ class ScatterSubRowsOp : public OpKernel {
   }
 };
 
+class BagSumsOp : public OpKernel {
+ public:
+  explicit BagSumsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("N", &num_tables_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("dim", &dim_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& ids_t = ctx->input(num_tables_);
+    OP_REQUIRES(ctx, ids_t.dims() == 3 && ids_t.dim_size(0) == num_tables_,
+                errors::InvalidArgument("ids must be [", num_tables_, ", batch, bag], got ",
+                                        ids_t.shape().DebugString()));
+    const int64_t batch = ids_t.dim_size(1);
+    const int64_t slots = ids_t.dim_size(2);
+    const int64_t per_table = batch * slots;
+    const int64_t dim = dim_;
+
+    std::vector<tensorflow::core::RefCountPtr<Var>> vars(num_tables_);
+    std::vector<std::unique_ptr<tsl::tf_shared_lock>> locks;
+    std::vector<const float*> tables(num_tables_);
+    std::vector<int64_t> rows(num_tables_);
+    for (int t = 0; t < num_tables_; ++t) {
+      OP_REQUIRES_OK(ctx, LookupTable(ctx, &vars[t], t));
+      locks.push_back(std::make_unique<tsl::tf_shared_lock>(*vars[t]->mu()));
+      const Tensor& table_t = *vars[t]->tensor();
+      OP_REQUIRES_OK(ctx, CheckTable(table_t));
+      OP_REQUIRES(ctx, table_t.dim_size(1) == dim,
+                  errors::InvalidArgument("table ", t, " has rows of ", table_t.dim_size(1),
+                                          " values, not ", dim));
+      tables[t] = table_t.flat<float>().data();
+      rows[t] = table_t.dim_size(0);
+    }
+    Tensor* out_t = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({batch, num_tables_, dim}), &out_t));
+    float* out = out_t->flat<float>().data();
+    const int64_t* ids = ids_t.flat<int64_t>().data();
+
+    // Each shard sums a range of bags, table by table: the prefetches run ahead
+    // within one table's ids.
+    std::atomic<int64_t> bad{-1};
+    auto sum_bags = [&](int64_t first, int64_t last) {
+      for (int t = 0; t < num_tables_; ++t) {
+        const int64_t* table_ids = ids + t * per_table;
+        const float* table = tables[t];
+        const int64_t end = last * slots;
+        for (int64_t b = first; b < last; ++b) {
+          float* acc = out + (b * num_tables_ + t) * dim;
+          std::fill(acc, acc + dim, 0.0f);
+          for (int64_t i = b * slots; i < (b + 1) * slots; ++i) {
+            const int64_t id = table_ids[i];
+            if (id == -1) continue;
+            if (id < 0 || id >= rows[t]) {
+              bad.store(t * per_table + i);
+              continue;
+            }
+            DLRM_PREFETCH_ROW(RowAhead(table, table_ids, i, end, rows[t], dim), dim);
+            const float* row = table + id * dim;
+            for (int64_t j = 0; j < dim; ++j) acc[j] += row[j];
+          }
+        }
+      }
+    };
+    const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+    const int64_t cost = (slots + 1) * num_tables_ * dim * 4;
+    tensorflow::Shard(workers->num_threads, workers->workers, batch, cost, sum_bags);
+    const int64_t at = bad.load();
+    if (at >= 0) {
+      const int64_t t = at / per_table;
+      OP_REQUIRES(ctx, false,
+                  errors::InvalidArgument("id ", ids[at], " of feature ", t, " at example ",
+                                          (at % per_table) / slots, " is outside the table's [0, ",
+                                          rows[t], ")"));
+    }
+  }
+
+ private:
+  int num_tables_ = 0;
+  int64_t dim_ = 0;
+};
+
+class PresentIdsOp : public OpKernel {
+ public:
+  explicit PresentIdsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("N", &num_tables_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& ids_t = ctx->input(0);
+    OP_REQUIRES(ctx, ids_t.dims() == 3 && ids_t.dim_size(0) == num_tables_,
+                errors::InvalidArgument("ids must be [", num_tables_, ", batch, bag], got ",
+                                        ids_t.shape().DebugString()));
+    const int64_t slots = ids_t.dim_size(2);
+    const int64_t per_table = ids_t.dim_size(1) * slots;
+    const int64_t* ids = ids_t.flat<int64_t>().data();
+    for (int t = 0; t < num_tables_; ++t) {
+      const int64_t* table_ids = ids + t * per_table;
+      const int64_t present =
+          per_table - std::count(table_ids, table_ids + per_table, int64_t{-1});
+      Tensor* kept_t = nullptr;
+      Tensor* positions_t = nullptr;
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(t, TensorShape({present}), &kept_t));
+      OP_REQUIRES_OK(ctx,
+                     ctx->allocate_output(num_tables_ + t, TensorShape({present}), &positions_t));
+      int64_t* kept = kept_t->flat<int64_t>().data();
+      int64_t* positions = positions_t->flat<int64_t>().data();
+      for (int64_t i = 0; i < per_table; ++i) {
+        if (table_ids[i] == -1) continue;
+        *kept++ = table_ids[i];
+        *positions++ = (i / slots) * num_tables_ + t;
+      }
+    }
+  }
+
+ private:
+  int num_tables_ = 0;
+};
+
 REGISTER_KERNEL_BUILDER(Name("DlrmBagSum").Device(DEVICE_CPU).HostMemory("num_bags"),
                         BagSumOp);
 REGISTER_KERNEL_BUILDER(Name("DlrmScatterSubRows").Device(DEVICE_CPU), ScatterSubRowsOp);
+REGISTER_KERNEL_BUILDER(Name("DlrmBagSums").Device(DEVICE_CPU), BagSumsOp);
+REGISTER_KERNEL_BUILDER(Name("DlrmPresentIds").Device(DEVICE_CPU), PresentIdsOp);
 
 }  // namespace dlrm_tf

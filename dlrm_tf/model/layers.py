@@ -178,6 +178,9 @@ class EmbeddingBags(keras.layers.Layer):
         by_table = tf.transpose(ids, [1, 0, 2])
         if self.validate_ids:
             by_table = self._check_ids(by_table)
+        tables = [replica_local_variable(table.value) for table in self.tables]
+        if fused and self._pooled_together(tables):
+            return tf.cast(embedding_rows.bag_sums(tables, by_table), self.compute_dtype)
         coords = tf.where(by_table >= 0)
         values = tf.gather_nd(by_table, coords)
         part = tf.cast(coords[:, 0], tf.int32)
@@ -195,6 +198,12 @@ class EmbeddingBags(keras.layers.Layer):
             bags.update(zip(exchanged, theirs, strict=True))
         out = tf.stack([bags[t] for t in range(num_tables)], axis=1)
         return tf.cast(out, self.compute_dtype)
+
+    def _pooled_together(self, tables) -> bool:
+        """Whether one fused op can pool every table: all on this replica's device
+        (none placed apart or exchanged) and usable by the kernel."""
+        placed = any(home is not None for home in self.table_devices)
+        return not placed and embedding_rows.usable_together(tables)
 
     def _padded_bag_sums(
         self, t: int, ids: tf.Tensor, bag_of_id: tf.Tensor, batch, fused: bool
