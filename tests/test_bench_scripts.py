@@ -375,17 +375,21 @@ def test_cpu_kernels_bench_runs_both_sides_and_reports_their_ratio(compare):
     assert summary["speedup"] == round(off / on, 3)
 
 
-def test_embedding_step_bench_times_both_lookups_of_the_flagfiles_shape(tmp_path):
+@pytest.mark.parametrize(
+    "layer, variants",
+    [("embeddings", ("per_table", "pooled")), ("interaction", ("tensorflow", "fused"))],
+)
+def test_layer_steps_bench_times_both_variants_of_the_flagfiles_shape(tmp_path, layer, variants):
     flagfile = tmp_path / "small.flags"
     flagfile.write_text(
         "# a small multi-hot shape\n--arch_embedding_size=300-40-5\n"
         "--arch_sparse_feature_size=8\n--num_indices_per_lookup=4\n--mini_batch_size=64\n"
     )
     proc = run_python_bench(
-        "embedding_step.py", f"--flagfile={flagfile}", "--rounds=3", "--steps=2"
+        "layer_steps.py", f"--layer={layer}", f"--flagfile={flagfile}", "--rounds=3", "--steps=2"
     )
-    assert "3 tables, d=8, 4 id(s) per bag, batch 64" in proc.stdout
+    assert f"{layer}, 3 tables, d=8, 4 id(s) per bag, batch 64" in proc.stdout
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    per_table, pooled = result["ms_per_step_per_table"], result["ms_per_step_pooled"]
-    assert len(per_table) == len(pooled) == 3 and min(per_table + pooled) > 0
-    assert result["speedup"] == round(statistics.median(per_table) / statistics.median(pooled), 3)
+    first, second = (result[f"ms_per_step_{name}"] for name in variants)
+    assert len(first) == len(second) == 3 and min(first + second) > 0
+    assert result["speedup"] == round(statistics.median(first) / statistics.median(second), 3)

@@ -413,8 +413,9 @@ def test_c_api_session_matches_keras(setup, name):
 
 
 def test_export_of_a_model_trained_with_the_fused_kernels_holds_only_tensorflow_ops(setup):
-    """The fixture's model trained through DlrmBagSum (where the kernels are built);
-    its SavedModel, which TF Serving loads without them, holds no op of theirs."""
+    """The fixture's model trained through DlrmBagSums and DlrmDotInteraction (where
+    the kernels are built); its SavedModel, which TF Serving loads without them,
+    holds no op of theirs."""
     from tensorflow.python.tools import saved_model_utils
 
     from dlrm_tf.kernels import embedding_rows
@@ -426,7 +427,8 @@ def test_export_of_a_model_trained_with_the_fused_kernels_holds_only_tensorflow_
             SPARSE_KEY: tf.TensorSpec([None, NUM_SPARSE], tf.int64),
         }
         training = tf.function(lambda f: model(f, training=True)).get_concrete_function(specs)
-        assert "DlrmBagSums" in {op.type for op in training.graph.get_operations()}
+        trained_ops = {op.type for op in training.graph.get_operations()}
+        assert {"DlrmBagSums", "DlrmDotInteraction"} <= trained_ops
     meta = saved_model_utils.get_meta_graph_def(setup["version_dir"], "serve")
     nodes = list(meta.graph_def.node)
     nodes += [n for f in meta.graph_def.library.function for n in f.node_def]

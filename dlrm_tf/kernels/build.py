@@ -47,8 +47,9 @@ def _compiler() -> list[str] | None:
 
 
 def _command(compiler: list[str], source: str, target: str) -> list[str]:
-    # No -march: the cache may be shared by machines of one architecture, and
-    # these kernels are bound by memory latency, not by vector width.
+    # No -march: the cache may be shared by machines of one architecture. The
+    # table kernels are bound by memory latency; the interaction's vector loops
+    # pick the CPU's widest vectors when the library loads (target_clones).
     return [
         *compiler, "-shared", "-fPIC", "-O3", "-w", source, "-o", target,
         *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags(),
@@ -109,4 +110,3 @@ def load(name: str) -> ModuleType | None:
     except (OSError, RuntimeError, subprocess.SubprocessError, tf.errors.OpError) as error:
         logging.warning("%s: fused kernels unavailable (%s); using TensorFlow's ops", name, error)
         return None
-

@@ -38,7 +38,9 @@ class DLRM(keras.Model):
             cfg.table_sizes, cfg.embedding_dim, table_devices=table_devices, name="embedding_bags"
         )
         if cfg.interaction == "dot":
-            self.interaction = DotInteraction(cfg.interaction_itself, name="interaction")
+            self.interaction = DotInteraction(
+                cfg.interaction_itself, fused_kernel=not jit_compile, name="interaction"
+            )
         else:
             self.interaction = CatInteraction(name="interaction")
         self.top_mlp = MLP(cfg.top_mlp, final_activation="sigmoid", name="top_mlp")

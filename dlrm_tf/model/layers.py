@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from dlrm_tf.config import dot_pairs
-from dlrm_tf.kernels import embedding_rows
+from dlrm_tf.kernels import embedding_rows, interaction
 from dlrm_tf.model.placed_variables import WorkerTable, on_one_device
 
 PACKAGE = "dlrm_tf"
@@ -376,13 +376,20 @@ class DotInteraction(keras.layers.Layer):
     ``self_interaction``), ``F = T + 1``, pairs in the reference's order.
     """
 
-    def __init__(self, self_interaction: bool = False, **kwargs) -> None:
+    def __init__(self, self_interaction: bool = False, fused_kernel: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
         self.self_interaction = bool(self_interaction)
+        # Training steps may use the fused CPU kernel (``dlrm_tf.kernels.interaction``);
+        # False where the layer runs inside an XLA cluster. A property of the run,
+        # not of the model: not in the config.
+        self.fused_kernel = bool(fused_kernel)
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         x, embeddings = inputs
-        features = tf.concat([x[:, tf.newaxis, :], tf.cast(embeddings, x.dtype)], axis=1)
+        embeddings = tf.cast(embeddings, x.dtype)
+        if training and self.fused_kernel and interaction.usable(x):
+            return interaction.dot_interaction(x, embeddings, self.self_interaction)
+        features = tf.concat([x[:, tf.newaxis, :], embeddings], axis=1)
         num_features = features.shape[1]
         gram = tf.matmul(features, features, transpose_b=True)
         flat = tf.reshape(gram, [-1, num_features * num_features])
