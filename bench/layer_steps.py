@@ -1,11 +1,12 @@
 """One layer's training step alone, two ways, timed alternately in one process.
 
-    python bench/layer_steps.py [--layer=embeddings|interaction] [--flagfile=configs/bench.flags]
+    python bench/layer_steps.py --flagfile=configs/bench.flags [--layer=embeddings|interaction]
         [--rounds=5] [--steps=20]
 
-The layer has the flagfile's shape (``arch_embedding_size``,
+Takes the trainer's flags: the layer has their shape (``arch_embedding_size``,
 ``arch_sparse_feature_size``, ``num_indices_per_lookup`` ids per bag,
-``mini_batch_size``):
+``mini_batch_size``, ``arch_interaction_itself``), read through the trainer's
+configs:
 
 * ``embeddings``: ``EmbeddingBags``' lookup, gradient and SGD update with the
   fused kernels, one op per table (``DLRM_TF_POOLED_LOOKUP=0``) against one
@@ -29,32 +30,30 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from input_pipeline.tf_startup import prefer_onednn  # noqa: E402  (run as a script: the repo root first)
 
-from input_pipeline.errors import ArgumentParser  # noqa: E402
+prefer_onednn()  # the kernels the trainer's command runs on
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from bench.machine import cpu_model  # noqa: E402
+from dlrm_tf import flags as dlrm_flags  # noqa: E402  (the trainer's flags and their configs)
+from dlrm_tf.config import ModelConfig  # noqa: E402
+from dlrm_tf.kernels import build, embedding_rows  # noqa: E402
+from dlrm_tf.model.layers import DotInteraction, EmbeddingBags  # noqa: E402
+from dlrm_tf.model.optimizers import make_optimizer  # noqa: E402
+
+flags.DEFINE_enum("layer", "embeddings", ["embeddings", "interaction"], "The layer to time.")
+flags.DEFINE_integer("rounds", 5, "Rounds, each timing both variants.")
+flags.DEFINE_integer("steps", 20, "Steps timed per variant and round.")
+FLAGS = flags.FLAGS
 
 
-def flag_values(path: str) -> dict[str, str]:
-    """``--name=value`` lines of a flagfile (comments and bare switches skipped)."""
-    values = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith("--") and "=" in line:
-                name, value = line[2:].split("=", 1)
-                values[name] = value
-    return values
-
-
-def embedding_steps(shape: dict[str, str]) -> dict:
+def embedding_steps(config: ModelConfig, per_bag: int, batch: int) -> dict:
     """The two traced steps of the embedding layer, by name."""
-    import numpy as np
-    import tensorflow as tf
-
-    from dlrm_tf.kernels import embedding_rows
-    from dlrm_tf.model.layers import EmbeddingBags
-    from dlrm_tf.model.optimizers import make_optimizer
-
-    sizes, dim, per_bag, batch = layer_shape(shape)
+    sizes, dim = config.table_sizes, config.embedding_dim
     rng = np.random.default_rng(0)
     ids = tf.constant(np.stack([rng.integers(0, n, (batch, per_bag)) for n in sizes], axis=1))
     weight = tf.constant(rng.standard_normal((batch, len(sizes), dim)).astype(np.float32))
@@ -77,20 +76,15 @@ def embedding_steps(shape: dict[str, str]) -> dict:
     return {"per_table": traced_step("0"), "pooled": traced_step("1")}
 
 
-def interaction_steps(shape: dict[str, str]) -> dict:
+def interaction_steps(config: ModelConfig, per_bag: int, batch: int) -> dict:
     """The two traced forward-and-backward steps of the dot interaction, by name."""
-    import numpy as np
-    import tensorflow as tf
-
-    from dlrm_tf.model.layers import DotInteraction
-
-    sizes, dim, _, batch = layer_shape(shape)
+    tables, dim = len(config.table_sizes), config.embedding_dim
     rng = np.random.default_rng(0)
     x = tf.constant(rng.standard_normal((batch, dim)).astype(np.float32))
-    embeddings = tf.constant(rng.standard_normal((batch, len(sizes), dim)).astype(np.float32))
+    embeddings = tf.constant(rng.standard_normal((batch, tables, dim)).astype(np.float32))
 
     def traced_step(fused: bool):
-        layer = DotInteraction(fused_kernel=fused)
+        layer = DotInteraction(config.interaction_itself, fused_kernel=fused)
 
         @tf.function
         def step():
@@ -105,56 +99,41 @@ def interaction_steps(shape: dict[str, str]) -> dict:
     return {"tensorflow": traced_step(False), "fused": traced_step(True)}
 
 
-def layer_shape(shape: dict[str, str]) -> tuple[list[int], int, int, int]:
-    """(table sizes, d, ids per bag, batch) of a flagfile's values."""
-    sizes = [int(n) for n in shape["arch_embedding_size"].split("-")]
-    dim = int(shape["arch_sparse_feature_size"])
-    return (
-        sizes,
-        dim,
-        int(shape.get("num_indices_per_lookup", "1")),
-        int(shape.get("mini_batch_size", "2048")),
-    )
-
-
 LAYERS = {"embeddings": embedding_steps, "interaction": interaction_steps}
 
 
 def main(argv: list[str]) -> int:
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layer", choices=sorted(LAYERS), default="embeddings")
-    parser.add_argument("--flagfile", default=os.path.join(ROOT, "configs", "bench.flags"))
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=20)
-    args = parser.parse_args(argv)
-    shape = flag_values(args.flagfile)
-
-    from bench.machine import cpu_model
-    from dlrm_tf.kernels import build
-
+    """Times the chosen layer's two variants and prints the figures (last line: JSON)."""
+    del argv
+    config = dlrm_flags.model_config(FLAGS)
+    per_bag, batch = FLAGS.num_indices_per_lookup, FLAGS.mini_batch_size
     if build.load("embedding_rows") is None or build.load("interaction") is None:
-        raise SystemExit("error: the fused kernels are not available here (see dlrm_tf.kernels)")
-    steps = LAYERS[args.layer](shape)
+        print(
+            "error: the fused kernels are not available here (see dlrm_tf.kernels)", file=sys.stderr
+        )
+        return 2
+    steps = LAYERS[FLAGS.layer](config, per_bag, batch)
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.rounds):
+    for _ in range(FLAGS.rounds):
         for name, step in steps.items():
             start = time.perf_counter()
-            for _ in range(args.steps):
+            for _ in range(FLAGS.steps):
                 step()
-            times[name].append(round((time.perf_counter() - start) / args.steps * 1e3, 3))
+            times[name].append(round((time.perf_counter() - start) / FLAGS.steps * 1e3, 3))
     cpu = cpu_model()
-    sizes, dim, per_bag, batch = layer_shape(shape)
-    print(
-        f"{cpu}: {args.layer}, {len(sizes)} tables, d={dim}, {per_bag} id(s) per bag, batch {batch}"
+    shape = (
+        f"{len(config.table_sizes)} tables, d={config.embedding_dim}, "
+        f"{per_bag} id(s) per bag, batch {batch}"
     )
+    print(f"{cpu}: {FLAGS.layer}, {shape}")
     for name, values in times.items():
         print(f"  {name}: {values} ms/step")
     first, second = (statistics.median(values) for values in times.values())
     result = {
         "cpu": cpu,
-        "layer": args.layer,
-        "flagfile": os.path.relpath(args.flagfile, ROOT),
-        "rounds": args.rounds,
+        "layer": FLAGS.layer,
+        "shape": shape,
+        "rounds": FLAGS.rounds,
         **{f"ms_per_step_{name}": values for name, values in times.items()},
         "speedup": round(first / second, 3),
     }
@@ -163,4 +142,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from input_pipeline.errors import parse_absl_flags, run_cli
+
+    app.run(
+        lambda argv: run_cli(lambda: main(argv), dlrm_flags.FIELD_FLAGS),
+        flags_parser=parse_absl_flags,
+    )

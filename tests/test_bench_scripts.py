@@ -383,7 +383,8 @@ def test_layer_steps_bench_times_both_variants_of_the_flagfiles_shape(tmp_path, 
     flagfile = tmp_path / "small.flags"
     flagfile.write_text(
         "# a small multi-hot shape\n--arch_embedding_size=300-40-5\n"
-        "--arch_sparse_feature_size=8\n--num_indices_per_lookup=4\n--mini_batch_size=64\n"
+        "--arch_sparse_feature_size=8\n--arch_mlp_bot=13-8\n--num_indices_per_lookup=4\n"
+        "--mini_batch_size=64\n"
     )
     proc = run_python_bench(
         "layer_steps.py", f"--layer={layer}", f"--flagfile={flagfile}", "--rounds=3", "--steps=2"
