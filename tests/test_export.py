@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from cli_check import REPO, assert_one_error_line, run_module
+from graph_ops import graph_op_types
 
 from dlrm_tf.config import ModelConfig
 from dlrm_tf.model.dlrm import build_model
@@ -426,8 +427,7 @@ def test_export_of_a_model_trained_with_the_fused_kernels_holds_only_tensorflow_
             DENSE_KEY: tf.TensorSpec([None, NUM_DENSE], tf.float32),
             SPARSE_KEY: tf.TensorSpec([None, NUM_SPARSE], tf.int64),
         }
-        training = tf.function(lambda f: model(f, training=True)).get_concrete_function(specs)
-        trained_ops = {op.type for op in training.graph.get_operations()}
+        trained_ops = graph_op_types(lambda f: model(f, training=True), specs)
         assert {"DlrmBagSums", "DlrmDotInteraction"} <= trained_ops
     meta = saved_model_utils.get_meta_graph_def(setup["version_dir"], "serve")
     nodes = list(meta.graph_def.node)

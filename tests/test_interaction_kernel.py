@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from graph_ops import graph_op_types
 
 from dlrm_tf.config import ModelConfig
 from dlrm_tf.kernels import interaction
@@ -74,11 +75,6 @@ def test_mismatched_shapes_are_refused():
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"x must be \[batch, d\]"):
         interaction.dot_interaction(tf.zeros([4, 8]), tf.zeros([4, 3, 7]), False)
     assert not interaction.usable(tf.zeros([1, 1], tf.bfloat16))
-
-
-def graph_op_types(function, *specs) -> set[str]:
-    graph = tf.function(function).get_concrete_function(*specs).graph
-    return {op.type for op in graph.get_operations()}
 
 
 def test_layer_uses_the_kernel_in_training_only_with_the_same_result():

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from graph_ops import graph_op_types
 
 from dlrm_tf.kernels import build, embedding_rows
 from dlrm_tf.model.layers import EmbeddingBags
@@ -139,11 +140,6 @@ def test_bag_sums_reject_an_id_outside_its_table():
     ids[0, 1, 0], ids[1, 1, 0] = 0, -2
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"id -2 of feature 1 at example 1 "):
         embedding_rows.bag_sums(tables, ids)
-
-
-def graph_op_types(function, *args) -> set[str]:
-    graph = tf.function(function).get_concrete_function(*args).graph
-    return {op.type for op in graph.get_operations()}
 
 
 def test_layer_uses_the_kernel_in_training_only_with_the_same_result():
