@@ -1,1 +1,2 @@
-"""C++ CPU kernels for the embedding tables' hot loops, built on first use (see ``build``)."""
+"""C++ CPU kernels, built on first use (see ``build``): the embedding tables' hot loops, the dot
+interaction, and the converter's parsing of clean Criteo lines (``criteo_lines.cc``)."""

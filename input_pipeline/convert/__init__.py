@@ -51,8 +51,9 @@ frequencies over the training rows and keeps every parsed row on disk (fixed-siz
 binary records next to the output, ~160 bytes a row; training rows go into their shuffle
 buckets), and the writing pass looks those values up in the vocabularies and
 writes the shards, without reading the text again. Parsing runs on worker threads
-over 4 MiB chunks of lines (NumPy for clean chunks, else the TensorFlow ops of
-``criteo.py``, the same ops as the serving signature).
+over 4 MiB chunks of lines (a C++ kernel for clean chunks, or NumPy where it
+cannot be built; else the TensorFlow ops of ``criteo.py``, the same ops as the
+serving signature).
 
 Memory is bounded independently of the input size: a few 4 MiB text chunks and
 their parsed arrays in flight, one pending block per split, up to 64 MiB of spill

@@ -1,18 +1,21 @@
-"""Chunk parsing in NumPy: ``criteo.py``'s rules over a whole chunk of well-formed lines at once.
+"""Chunk parsing: ``criteo.py``'s rules over a whole chunk of well-formed lines at once.
 
-A chunk whose lines all have 40 fields and valid values is parsed here, column by
-column over the raw bytes; any other chunk returns None and goes through the
+A chunk whose lines all have 40 fields and valid values is parsed here, by the
+C++ kernel (``line_kernel``) or, where it cannot be built, column by column over
+the raw bytes in NumPy; any other chunk returns None and goes through the
 TensorFlow rules (``RawPreprocessor.parse_lines``), which explain bad lines.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 
 from input_pipeline import criteo
+from input_pipeline.convert import line_kernel
 
 _TAB, _NEWLINE, _MINUS, _ZERO = 9, 10, ord("-"), ord("0")
 _PAD = 32  # bytes after the chunk, so fixed-width reads past a field stay in bounds
@@ -173,13 +176,65 @@ def field_bounds(chunk: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray] | No
     return padded, starts, ends - starts
 
 
-class BlockParser:
-    """Parses chunks of clean lines in NumPy as ``RawPreprocessor.parse_lines`` does."""
+# Counts below this take their dense feature from a table made once by the
+# TensorFlow op: most counts are small, and the op costs ~20 ns a value.
+_TABLED_COUNTS = 1 << 16
 
-    def __init__(self, preprocessor: criteo.RawPreprocessor, raw_values: bool) -> None:
+
+@functools.cache
+def _dense_table() -> np.ndarray:
+    return criteo.dense_from_counts(np.arange(_TABLED_COUNTS, dtype=np.int64)).numpy()
+
+
+def dense_features(counts: np.ndarray) -> np.ndarray:
+    """``criteo.dense_from_counts`` of non-negative int64 counts, bit for bit: the
+    TensorFlow op's values (NumPy's log1p may differ in the last bit)."""
+    dense = _dense_table()[np.minimum(counts, _TABLED_COUNTS - 1)]
+    large = counts >= _TABLED_COUNTS
+    if large.any():
+        dense[large] = criteo.dense_from_counts(counts[large]).numpy()
+    return dense
+
+
+def numpy_columns(chunk: bytes, max_ind_range: int) -> line_kernel.Columns | None:
+    """``line_kernel.clean_columns`` in NumPy passes over the chunk, column by column."""
+    bounds = field_bounds(chunk)
+    if bounds is None:
+        return None
+    padded, starts, lengths = bounds
+    label_start, label_length = starts[:, 0], lengths[:, 0]
+    label_byte = padded[label_start]
+    if not ((label_length == 1) & ((label_byte == _ZERO) | (label_byte == _ZERO + 1))).all():
+        return None
+    dense_columns = slice(1, 1 + criteo.NUM_DENSE)
+    counts, counts_ok = in_row_blocks(
+        parse_count_fields, padded, starts[:, dense_columns], lengths[:, dense_columns]
+    )
+    sparse_starts = starts[:, 1 + criteo.NUM_DENSE :]
+    sparse_lengths = lengths[:, 1 + criteo.NUM_DENSE :]
+    if not counts_ok.all() or sparse_lengths.max() > criteo.MAX_HEX_DIGITS:
+        return None
+    values, values_ok = in_row_blocks(parse_hex_fields, padded, sparse_starts, sparse_lengths)
+    if not values_ok.all():
+        return None
+    if max_ind_range > 0:
+        values %= max_ind_range
+    label = (label_byte - _ZERO).astype(np.int32)
+    return line_kernel.Columns(label, counts, values, sparse_lengths == 0)
+
+
+class BlockParser:
+    """Parses chunks of clean lines as ``RawPreprocessor.parse_lines`` does: with
+    the C++ kernel where it is built, else in NumPy."""
+
+    def __init__(
+        self, preprocessor: criteo.RawPreprocessor, raw_values: bool, native: bool | None = None
+    ) -> None:
+        """``native``: use the C++ kernel (default: where it is available)."""
         self.preprocessor = preprocessor
         self.max_ind_range = preprocessor.max_ind_range
         self.raw_values = raw_values
+        self.native = line_kernel.available() if native is None else native
         # One graph call per chunk instead of ~150 eager ops.
         self._lookup = tf.function(
             preprocessor.ids_from_values,
@@ -192,34 +247,16 @@ class BlockParser:
     def parse(self, chunk: bytes) -> dict[str, np.ndarray] | None:
         """The chunk's columns (see ``parse_lines``), or None if any line is not
         clean: a wrong field count, a bad value, or a value too long."""
-        bounds = field_bounds(chunk)
-        if bounds is None:
-            return None
-        padded, starts, lengths = bounds
-        label_start, label_length = starts[:, 0], lengths[:, 0]
-        label_byte = padded[label_start]
-        if not ((label_length == 1) & ((label_byte == _ZERO) | (label_byte == _ZERO + 1))).all():
-            return None
-        dense_columns = slice(1, 1 + criteo.NUM_DENSE)
-        counts, counts_ok = in_row_blocks(
-            parse_count_fields, padded, starts[:, dense_columns], lengths[:, dense_columns]
+        columns = (line_kernel.clean_columns if self.native else numpy_columns)(
+            chunk, self.max_ind_range
         )
-        sparse_starts = starts[:, 1 + criteo.NUM_DENSE :]
-        sparse_lengths = lengths[:, 1 + criteo.NUM_DENSE :]
-        if not counts_ok.all() or sparse_lengths.max() > criteo.MAX_HEX_DIGITS:
+        if columns is None:
             return None
-        values, values_ok = in_row_blocks(parse_hex_fields, padded, sparse_starts, sparse_lengths)
-        if not values_ok.all():
-            return None
-        if self.max_ind_range > 0:
-            values %= self.max_ind_range
-        missing = sparse_lengths == 0
         return {
-            "label": (label_byte - _ZERO).astype(np.int32),
-            # The TensorFlow op, as parse_lines: NumPy's log1p may differ in the last bit.
-            "dense": criteo.dense_from_counts(counts).numpy(),
-            "ids": self._ids(values, missing),
-            "ok": np.ones(len(starts), bool),
+            "label": columns.label,
+            "dense": dense_features(columns.counts),
+            "ids": self._ids(columns.values, columns.missing),
+            "ok": np.ones(len(columns.label), bool),
             "bad_index": np.zeros(0, np.int64),
         }
 

@@ -31,7 +31,7 @@ def parsed_chunks(
     """Yields each chunk of the file parsed: see ``RawPreprocessor.parse_lines``,
     plus ``bad_text`` (the rejected lines).
 
-    Clean chunks are parsed in NumPy (``BlockParser``); a chunk with any bad line
+    Clean chunks are parsed by ``BlockParser`` (C++ kernel or NumPy); a chunk with any bad line
     goes through the TensorFlow rules, which explain each bad line.
     """
     parser = BlockParser(preprocessor, raw_values)
