@@ -66,12 +66,8 @@ class CriteoKaggle(tfds.core.GeneratorBasedBuilder):
             features=tfds.features.FeaturesDict(
                 {
                     "label": tfds.features.Scalar(dtype=np.int64),
-                    DENSE_KEY: tfds.features.Tensor(
-                        shape=(criteo.NUM_DENSE,), dtype=np.float32
-                    ),
-                    SPARSE_KEY: tfds.features.Tensor(
-                        shape=(criteo.NUM_SPARSE,), dtype=np.int64
-                    ),
+                    DENSE_KEY: tfds.features.Tensor(shape=(criteo.NUM_DENSE,), dtype=np.float32),
+                    SPARSE_KEY: tfds.features.Tensor(shape=(criteo.NUM_SPARSE,), dtype=np.int64),
                 }
             ),
             supervised_keys=None,

@@ -10,7 +10,7 @@ import glob
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -213,16 +213,19 @@ def writing_pass(
     writers = _split_writers(directory, settings, lookup.id_dtype.name)
     progress = Progress("writing", rows, 1)
 
-    def with_ids(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def with_ids(item: tuple[np.ndarray, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+        rows, order = item
+        block = rows if order is None else np.take(rows, order)
         return block, lookup(block["values"])
 
     for split in SPLITS:
         if split == "train" and shuffle is not None:
-            # A shuffle bucket is up to 1M rows: looked up a cache block at a time.
-            blocks = _blocks(shuffle.shuffled(), row_cache.READ_BLOCK_ROWS)
+            # A shuffle bucket is up to 1M rows: gathered and looked up a cache
+            # block at a time, on the lookup threads.
+            items = shuffle.shuffled_blocks(row_cache.READ_BLOCK_ROWS)
         else:
-            blocks = cache.rows(split)
-        for block, ids in map_ahead(with_ids, blocks, LOOKUP_THREADS):
+            items = ((block, None) for block in cache.rows(split))
+        for block, ids in map_ahead(with_ids, items, LOOKUP_THREADS):
             writers[split].add(block["label"], block["dense"], ids)
             progress.update(len(block))
     logging.info(progress.summary())
@@ -230,13 +233,6 @@ def writing_pass(
     if shuffle is not None:
         shutil.rmtree(shuffle.directory, ignore_errors=True)
     return {split: writers[split].close() for split in SPLITS}
-
-
-def _blocks(arrays: Iterator[np.ndarray], rows: int) -> Iterator[np.ndarray]:
-    """The arrays' rows, in order, in slices of at most ``rows``."""
-    for array in arrays:
-        for start in range(0, len(array), rows):
-            yield array[start : start + rows]
 
 
 def _id_dtype(table_sizes: list[int]) -> str:

@@ -66,20 +66,32 @@ class ShuffleSpill:
 
     def shuffled(self) -> Iterator[np.ndarray]:
         """Yields every group's rows, permuted, group by group (files are removed)."""
+        for records, order in self._permuted_buckets():
+            yield np.take(records, order)
+
+    def shuffled_blocks(self, block_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``shuffled()`` in blocks of at most ``block_rows``, each as ``(bucket,
+        indices)``: the caller gathers ``np.take(bucket, indices)`` where it likes
+        (on a worker thread: the gather of a 500k-row bucket is most of its cost)."""
+        for records, order in self._permuted_buckets():
+            for start in range(0, len(order), block_rows):
+                yield records, order[start : start + block_rows]
+
+    def _permuted_buckets(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every bucket's rows and their permutation, group by group (files are removed)."""
         self.flush()
         for group in sorted(self.num_buckets):
             for bucket in range(self.num_buckets[group]):
                 yield from self._drain(self._path(group, bucket), (group, bucket, 0))
 
-    def _drain(self, path: str, key: tuple[int, ...]) -> Iterator[np.ndarray]:
+    def _drain(self, path: str, key: tuple[int, ...]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if not os.path.exists(path):
             return
         rows = os.path.getsize(path) // self.dtype.itemsize
         if rows <= 2 * self.bucket_rows:
             records = np.fromfile(path, dtype=self.dtype)
             os.remove(path)
-            order = np.random.default_rng([self.seed, 3, *key]).permutation(len(records))
-            yield np.take(records, order)
+            yield records, np.random.default_rng([self.seed, 3, *key]).permutation(len(records))
             return
         parts = math.ceil(rows / self.bucket_rows)
         rng = np.random.default_rng([self.seed, 4, *key])
