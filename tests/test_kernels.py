@@ -246,3 +246,15 @@ def test_fresh_cache_builds_the_library_and_a_missing_compiler_falls_back(tmp_pa
 
     off = run_probe({build.DISABLE_ENV: "0"})
     assert off.stdout.split()[-1] == "False"
+
+
+def test_a_changed_shared_header_names_a_new_library(tmp_path, monkeypatch):
+    (tmp_path / "k.cc").write_text('#include "tf_kernel.h"\n')
+    (tmp_path / "tf_kernel.h").write_text("// one\n")
+    monkeypatch.setattr(build, "_SOURCE_DIR", str(tmp_path))
+    source = str(tmp_path / "k.cc")
+    before = build._library_path("k", ["g++"], build._source_text(source))
+    (tmp_path / "tf_kernel.h").write_text("// two\n")
+    after = build._library_path("k", ["g++"], build._source_text(source))
+    assert before != after
+    assert os.path.basename(before).startswith("k-") and before.endswith(".so")

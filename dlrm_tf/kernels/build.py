@@ -61,6 +61,17 @@ def _cache_dir() -> str:
     return os.environ.get(CACHE_ENV) or default
 
 
+def _source_text(source: str) -> bytes:
+    """The source and every header beside it (the kernels share ``tf_kernel.h``),
+    so that a change to any of them builds a new library."""
+    headers = sorted(p for p in os.listdir(_SOURCE_DIR) if p.endswith(".h"))
+    parts = []
+    for path in [source, *(os.path.join(_SOURCE_DIR, h) for h in headers)]:
+        with open(path, "rb") as f:
+            parts.append(f.read())
+    return b"\0".join(parts)
+
+
 def _library_path(name: str, command: list[str], source_text: bytes) -> str:
     key = hashlib.sha256()
     for part in (source_text, tf.__version__.encode(), " ".join(command).encode()):
@@ -96,8 +107,7 @@ def load(name: str) -> ModuleType | None:
         return None
     source = os.path.join(_SOURCE_DIR, f"{name}.cc")
     try:
-        with open(source, "rb") as f:
-            text = f.read()
+        text = _source_text(source)
         placeholder = _command(compiler, source, "@target@")
         target = _library_path(name, placeholder, text)
         os.makedirs(os.path.dirname(target), exist_ok=True)
