@@ -749,6 +749,31 @@ def test_cli(tmp_path, lines):
     assert summary["rows"] == reference_splits(100)[0]
 
 
+def test_cli_without_a_compiler_parses_in_numpy_and_writes_the_same_dataset(tmp_path, lines):
+    raw = write_lines(tmp_path / "train.txt", lines[:3000])
+
+    def run(out, **env):
+        result = subprocess.run(
+            [
+                sys.executable, "-m", "input_pipeline.convert", "--data_set=kaggle",
+                f"--raw_data_file={raw}", f"--output_dir={out}", "--num_shards=2",
+            ],
+            capture_output=True, text=True, check=False, cwd=REPO, env=dict(os.environ, **env),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    run(tmp_path / "kernel")
+    fallback = run(
+        tmp_path / "numpy", CXX="no-such-compiler", DLRM_TF_KERNEL_CACHE=str(tmp_path / "empty")
+    )
+    assert "criteo_lines: no C++ compiler" in fallback.stderr
+    assert "the NumPy line parser" in fallback.stderr
+    written = tree(tmp_path / "kernel")
+    assert any(name.startswith("train-") for name in written)
+    assert tree(tmp_path / "numpy") == written
+
+
 # ---------------------------------------------------------------------------
 # Output safety: what --overwrite may replace, one writer, leftovers of a kill.
 

@@ -32,6 +32,12 @@ DISABLE_ENV = "DLRM_TF_FUSED_KERNELS"
 CACHE_ENV = "DLRM_TF_KERNEL_CACHE"
 _SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
 COMPILE_TIMEOUT_S = 600
+# What each library's callers run without it (named in the warning).
+_FALLBACK = {
+    "embedding_rows": "TensorFlow's ops",
+    "interaction": "TensorFlow's ops",
+    "criteo_lines": "the NumPy line parser",
+}
 
 
 def enabled() -> bool:
@@ -103,7 +109,7 @@ def load(name: str) -> ModuleType | None:
         return None
     compiler = _compiler()
     if compiler is None:
-        logging.warning("%s: no C++ compiler (%s); using TensorFlow's ops", name, "CXX or g++")
+        logging.warning("%s: no C++ compiler (%s); using %s", name, "CXX or g++", _FALLBACK[name])
         return None
     source = os.path.join(_SOURCE_DIR, f"{name}.cc")
     try:
@@ -118,5 +124,5 @@ def load(name: str) -> ModuleType | None:
                 _compile(_command(compiler, source, target), target)
         return tf.load_op_library(target)
     except (OSError, RuntimeError, subprocess.SubprocessError, tf.errors.OpError) as error:
-        logging.warning("%s: fused kernels unavailable (%s); using TensorFlow's ops", name, error)
+        logging.warning("%s: kernels unavailable (%s); using %s", name, error, _FALLBACK[name])
         return None
