@@ -194,7 +194,8 @@ def conversion_pass(
         _route_chunk(writers, shuffle, settings, day, split, columns)
     logging.info(progress.summary())
     if shuffle is not None:
-        for rows in shuffle.shuffled():
+        for bucket, order in shuffle.shuffled_blocks(row_cache.READ_BLOCK_ROWS):
+            rows = np.take(bucket, order)
             writers["train"].add(rows["label"], rows["dense"], rows["ids"])
         shutil.rmtree(shuffle.directory, ignore_errors=True)
     return {split: writers[split].close() for split in SPLITS}

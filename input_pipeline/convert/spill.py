@@ -64,15 +64,11 @@ class ShuffleSpill:
         self.buffers.clear()
         self.buffered_bytes = 0
 
-    def shuffled(self) -> Iterator[np.ndarray]:
-        """Yields every group's rows, permuted, group by group (files are removed)."""
-        for records, order in self._permuted_buckets():
-            yield np.take(records, order)
-
     def shuffled_blocks(self, block_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``shuffled()`` in blocks of at most ``block_rows``, each as ``(bucket,
-        indices)``: the caller gathers ``np.take(bucket, indices)`` where it likes
-        (on a worker thread: the gather of a 500k-row bucket is most of its cost)."""
+        """Every group's rows, permuted, group by group (files are removed), in
+        blocks of at most ``block_rows``, each as ``(bucket, indices)``: the block is
+        ``np.take(bucket, indices)``, gathered where the caller likes (on a worker
+        thread, say), and a bucket is never copied whole."""
         for records, order in self._permuted_buckets():
             for start in range(0, len(order), block_rows):
                 yield records, order[start : start + block_rows]
