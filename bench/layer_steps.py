@@ -36,7 +36,7 @@ prefer_onednn()  # the kernels the trainer's command runs on
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from bench.machine import cpu_model  # noqa: E402
 from dlrm_tf import flags as dlrm_flags  # noqa: E402  (the trainer's flags and their configs)
@@ -142,9 +142,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from input_pipeline.errors import parse_absl_flags, run_cli
-
-    app.run(
-        lambda argv: run_cli(lambda: main(argv), dlrm_flags.FIELD_FLAGS),
-        flags_parser=parse_absl_flags,
-    )
+    dlrm_flags.run_app(main)

@@ -43,7 +43,7 @@ prefer_onednn()  # the kernels the trainer's command runs on
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from bench.machine import cpu_model, onednn_enabled  # noqa: E402
 from bench.op_profile import ProfileSteps, breakdown  # noqa: E402
@@ -229,9 +229,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    from input_pipeline.errors import parse_absl_flags, run_cli
-
-    app.run(
-        lambda argv: run_cli(lambda: main(argv), dlrm_flags.FIELD_FLAGS),
-        flags_parser=parse_absl_flags,
-    )
+    dlrm_flags.run_app(main)

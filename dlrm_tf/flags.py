@@ -12,9 +12,9 @@ whose flag has another name, so the command line's errors name the flag.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from absl import flags
+from absl import app, flags
 
 from dlrm_tf.config import (
     INITIALIZERS,
@@ -31,6 +31,7 @@ from dlrm_tf.config import (
 from dlrm_tf.job import RunConfig
 from dlrm_tf.training.data_sources import DataConfig
 from dlrm_tf.training.trainer import TrainConfig
+from input_pipeline.errors import parse_absl_flags, run_cli
 from input_pipeline.prepare import ConversionConfig
 
 # --- architecture (the reference's names and defaults) ---
@@ -405,3 +406,10 @@ def run_config(
         ),
         conversion=conversion_config(values, data),
     )
+
+
+def run_app(main: Callable[[list[str]], object]) -> None:
+    """Runs ``main(argv)`` as an absl app on these flags, for the commands beside the
+    trainer's (the benches): a bad flag, or any failure of ``main``, is one
+    ``error:`` line naming the flag, and exit status 2."""
+    app.run(lambda argv: run_cli(lambda: main(argv), FIELD_FLAGS), flags_parser=parse_absl_flags)
