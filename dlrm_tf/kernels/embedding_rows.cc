@@ -97,6 +97,13 @@ absl::Status LookupTable(OpKernelContext* ctx, tensorflow::core::RefCountPtr<Var
   return tensorflow::EnsureSparseVariableAccess<CPUDevice, float>(ctx, var->get());
 }
 
+// The padded ids of a layer's tables: [tables, batch, bag].
+absl::Status CheckPaddedIds(const Tensor& ids, int num_tables) {
+  if (ids.dims() == 3 && ids.dim_size(0) == num_tables) return absl::OkStatus();
+  return errors::InvalidArgument("ids must be [", num_tables, ", batch, bag], got ",
+                                 ids.shape().DebugString());
+}
+
 absl::Status CheckTable(const Tensor& table) {
   if (table.dtype() != tensorflow::DT_FLOAT || table.dims() != 2) {
     return errors::InvalidArgument("embedding table must be a float32 matrix, got ",
@@ -274,9 +281,7 @@ class BagSumsOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& ids_t = ctx->input(num_tables_);
-    OP_REQUIRES(ctx, ids_t.dims() == 3 && ids_t.dim_size(0) == num_tables_,
-                errors::InvalidArgument("ids must be [", num_tables_, ", batch, bag], got ",
-                                        ids_t.shape().DebugString()));
+    OP_REQUIRES_OK(ctx, CheckPaddedIds(ids_t, num_tables_));
     const int64_t batch = ids_t.dim_size(1);
     const int64_t slots = ids_t.dim_size(2);
     const int64_t per_table = batch * slots;
@@ -353,9 +358,7 @@ class PresentIdsOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& ids_t = ctx->input(0);
-    OP_REQUIRES(ctx, ids_t.dims() == 3 && ids_t.dim_size(0) == num_tables_,
-                errors::InvalidArgument("ids must be [", num_tables_, ", batch, bag], got ",
-                                        ids_t.shape().DebugString()));
+    OP_REQUIRES_OK(ctx, CheckPaddedIds(ids_t, num_tables_));
     const int64_t slots = ids_t.dim_size(2);
     const int64_t per_table = ids_t.dim_size(1) * slots;
     const int64_t* ids = ids_t.flat<int64_t>().data();
