@@ -274,6 +274,11 @@ def test_bench_scripts_report_mistakes_in_one_line(tmp_path):
     assert_one_error_line(result.returncode, result.stderr, "--num_rows: invalid int value: 'x'")
     result = run_module("bench.train_throughput", "--nope")
     assert_one_error_line(result.returncode, result.stderr, "Unknown command line flag 'nope'")
+    flagfile = "--flagfile=" + os.path.join(ROOT, "configs", "bench.flags")
+    result = run_module("bench.layer_steps", flagfile, "--arch_mlp_bot=13-512-256-64-8")
+    assert_one_error_line(
+        result.returncode, result.stderr, "--arch_mlp_bot=13-512-256-64-8: its last width (8)"
+    )
 
 
 def run_python_bench(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
